@@ -1,0 +1,207 @@
+"""The send activity: re-read preferences, render, call the provider once, record the outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import timedelta
+
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.render import NoAddressError, build_message
+from channels.base import (
+    ChannelAdapter,
+    Message,
+    PermanentProviderError,
+    TransientProviderError,
+)
+from core.flows import Step
+from core.preferences import decide
+from core.templates import TemplateError
+from core.types import Channel, DeliveryStatus
+from store.db import session_scope
+from store.deliveries import add_sandbox_message, is_final, load_context, transition
+from store.models import Delivery, Preference, Subscriber
+from store.subscribers import remove_push_tokens
+
+log = logging.getLogger(__name__)
+
+
+class DeliverInput(BaseModel):
+    delivery_id: str
+    flow_key: str
+    category: str
+    critical: bool
+    step: Step
+
+
+class DeliverResult(BaseModel):
+    delivery_id: str
+    channel: Channel
+    status: DeliveryStatus
+    reason: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+
+
+class RecordFailureInput(BaseModel):
+    delivery_id: str
+    reason: str
+
+
+class DeliveryActivities:
+    """Holds the engine and adapters so activities get them without globals."""
+
+    def __init__(self, engine: Engine, adapters: dict[Channel, ChannelAdapter]) -> None:
+        self.engine = engine
+        self.adapters = adapters
+
+    def sandbox_sink(self, message: Message) -> None:
+        with session_scope(self.engine) as session:
+            add_sandbox_message(
+                session,
+                tenant_id=message.tenant_id,
+                delivery_id=message.delivery_id,
+                channel=message.channel.value,
+                to=list(message.to),
+                content=dataclasses.asdict(message.content),
+            )
+
+    @activity.defn(name="deliver")
+    def deliver(self, inp: DeliverInput) -> DeliverResult:
+        channel = Channel(inp.step.channel)
+        attempt = activity.info().attempt
+        prepared = self._prepare(inp, channel, attempt)
+        if isinstance(prepared, DeliverResult):
+            return prepared
+        message, subscriber_id = prepared
+        try:
+            sent = self.adapters[channel].send(message)
+        except PermanentProviderError as exc:
+            with session_scope(self.engine) as session:
+                transition(
+                    session,
+                    inp.delivery_id,
+                    DeliveryStatus.FAILED,
+                    detail=str(exc),
+                    attempts=attempt,
+                    provider=exc.provider,
+                )
+                if exc.invalid_tokens:
+                    remove_push_tokens(
+                        session, message.tenant_id, subscriber_id, exc.invalid_tokens
+                    )
+            raise ApplicationError(
+                str(exc), exc.code, type="PermanentProviderError", non_retryable=True
+            ) from exc
+        except TransientProviderError as exc:
+            with session_scope(self.engine) as session:
+                transition(
+                    session,
+                    inp.delivery_id,
+                    DeliveryStatus.PENDING,
+                    detail=f"attempt {attempt} failed: {exc}",
+                    attempts=attempt,
+                    provider=exc.provider,
+                )
+            delay = None if exc.retry_after is None else timedelta(seconds=exc.retry_after)
+            raise ApplicationError(
+                str(exc), exc.code, type="TransientProviderError", next_retry_delay=delay
+            ) from exc
+        with session_scope(self.engine) as session:
+            row = transition(
+                session,
+                inp.delivery_id,
+                DeliveryStatus.SENT,
+                attempts=attempt,
+                reason=None,
+                provider=sent.provider,
+                provider_message_id=sent.provider_message_id,
+            )
+            if sent.invalid_tokens:
+                remove_push_tokens(session, message.tenant_id, subscriber_id, sent.invalid_tokens)
+            return _result(row)
+
+    def _prepare(
+        self, inp: DeliverInput, channel: Channel, attempt: int
+    ) -> DeliverResult | tuple[Message, str]:
+        """Decide skip / render in one read; outcomes are committed before anything is raised."""
+        template_error: TemplateError | None = None
+        with session_scope(self.engine) as session:
+            ctx = load_context(session, inp.delivery_id)
+            if ctx is None:
+                raise ApplicationError(f"delivery {inp.delivery_id} not found", non_retryable=True)
+            if is_final(ctx.delivery):
+                # Finished by an earlier attempt whose completion was lost: never resend.
+                return _result(ctx.delivery)
+            skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
+            if skip is None and ctx.subscriber is not None:
+                try:
+                    message = build_message(
+                        inp.step,
+                        delivery_id=inp.delivery_id,
+                        event=ctx.event,
+                        subscriber=ctx.subscriber,
+                    )
+                    return message, ctx.subscriber.id
+                except NoAddressError as exc:
+                    skip = str(exc)
+                except TemplateError as exc:
+                    template_error = exc
+                    transition(
+                        session,
+                        inp.delivery_id,
+                        DeliveryStatus.FAILED,
+                        detail=str(exc),
+                        attempts=attempt,
+                    )
+            if template_error is None:
+                row = transition(session, inp.delivery_id, DeliveryStatus.SKIPPED, detail=skip)
+                return _result(row)
+        raise ApplicationError(str(template_error), type="TemplateError", non_retryable=True)
+
+    @activity.defn(name="record_failure")
+    def record_failure(self, inp: RecordFailureInput) -> DeliverResult:
+        """Mark a delivery failed once Temporal has given up on it (attempts or deadline)."""
+        with session_scope(self.engine) as session:
+            return _result(
+                transition(session, inp.delivery_id, DeliveryStatus.FAILED, detail=inp.reason)
+            )
+
+
+def _skip_reason(
+    inp: DeliverInput,
+    channel: Channel,
+    subscriber: Subscriber | None,
+    preference: Preference | None,
+) -> str | None:
+    if subscriber is None:
+        return "subscriber no longer exists"
+    prefs = None
+    if preference is not None:
+        prefs = {
+            "channels": preference.channels,
+            "categories": preference.categories,
+            "flows": preference.flows,
+        }
+    return decide(
+        prefs,
+        channel=channel,
+        flow_key=inp.flow_key,
+        category=inp.category,
+        critical=inp.critical,
+    )
+
+
+def _result(row: Delivery) -> DeliverResult:
+    return DeliverResult(
+        delivery_id=row.id,
+        channel=Channel(row.channel),
+        status=DeliveryStatus(row.status),
+        reason=row.reason,
+        provider=row.provider,
+        provider_message_id=row.provider_message_id,
+    )

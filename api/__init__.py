@@ -1,0 +1,1 @@
+"""HTTP API. Routes stay thin: validation here, queries in ``store``, workflows via handles."""

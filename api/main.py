@@ -1,0 +1,76 @@
+"""The FastAPI app factory: ``uvicorn --factory api.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from temporalio.client import Client
+
+from api.deps import EngineDep, GatewayDep
+from api.routes import events, flows, sandbox, subscribers
+from api.temporal import TemporalGateway
+from core.settings import Settings, get_settings
+from store.db import init_db, make_engine, session_scope
+from store.tenants import ensure_api_keys
+
+log = logging.getLogger("herald.api")
+
+
+def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        await run_in_threadpool(init_db, engine)
+        with session_scope(engine) as session:
+            ensure_api_keys(session, settings.api_key_map())
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.temporal = TemporalGateway(settings, client)
+        app.state.key_cache = {}
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Herald",
+        version="0.1.0",
+        description="Publish business events; Herald delivers notifications durably on Temporal.",
+        lifespan=lifespan,
+    )
+    for module in (subscribers, flows, events, sandbox):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(engine: EngineDep, gateway: GatewayDep) -> JSONResponse:
+        database = await run_in_threadpool(_database_ok, engine)
+        temporal = await gateway.healthy()
+        ok = database and temporal
+        return JSONResponse(
+            status_code=200 if ok else 503,
+            content={
+                "status": "ok" if ok else "degraded",
+                "database": "ok" if database else "unreachable",
+                "temporal": "ok" if temporal else "unreachable",
+            },
+        )
+
+    return app
+
+
+def _database_ok(engine: object) -> bool:
+    try:
+        with session_scope(engine) as session:  # type: ignore[arg-type]
+            session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        return True
+    except Exception:
+        log.exception("database health check failed")
+        return False

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import EngineDep, GatewayDep, SessionDep, SettingsDep, TenantDep, field_error
+from api.dispatch import dispatch
+from api.temporal import TemporalUnavailableError
+from store import events as q
+from store.models import (
+    DeliveryPublic,
+    EventAccepted,
+    EventCreate,
+    EventPublic,
+    InlineSubscriber,
+    NotificationPublic,
+    NotificationRef,
+)
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EventAccepted,
+    responses={
+        200: {"description": "Repeated idempotency key: the first request's result"},
+        409: {"description": "Idempotency key reused with a different body"},
+        503: {"description": "Stored, but Temporal is unreachable; not dispatched yet"},
+    },
+)
+async def publish_event(
+    body: EventCreate,
+    tenant: TenantDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JSONResponse:
+    """Store the event and start one notification per matching flow and recipient."""
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
+        raise field_error(["body", "idempotency_key"], "differs from the Idempotency-Key header")
+    key = idempotency_key or body.idempotency_key
+    recipients = _recipients(body)
+    try:
+        accepted = await run_in_threadpool(
+            q.accept_event,
+            engine,
+            tenant,
+            type=body.type,
+            data=body.data,
+            actor=body.actor,
+            recipients=recipients,
+            idempotency_key=key,
+            request_fingerprint=q.fingerprint(
+                body.model_dump(mode="json", exclude={"idempotency_key"})
+            ),
+        )
+    except q.UnknownSubscribersError as exc:
+        index = {r.id: i for i, r in enumerate(recipients)}
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["body", "to", index[sid]],
+                    "msg": f"unknown subscriber {sid!r}; create it first or pass its fields inline",
+                    "type": "unknown_subscriber",
+                }
+                for sid in exc.ids
+            ],
+        ) from exc
+    except q.IdempotencyConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+    if accepted.created or accepted.event.dispatched_at is None:
+        try:
+            await dispatch(gateway, settings, accepted)
+        except TemporalUnavailableError as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail={
+                    "message": "event stored but not dispatched: Temporal is unreachable; "
+                    "retry with the same Idempotency-Key to dispatch it",
+                    "event_id": accepted.event.id,
+                },
+            ) from exc
+        await run_in_threadpool(q.mark_dispatched, engine, accepted.event.id)
+
+    result = EventAccepted(
+        id=accepted.event.id,
+        notifications=[
+            NotificationRef(
+                id=p.notification.id,
+                flow=p.notification.flow_key,
+                subscriber_id=p.notification.subscriber_id,
+                workflow_id=p.notification.workflow_id,
+            )
+            for p in accepted.notifications
+        ],
+    )
+    return JSONResponse(
+        status_code=status.HTTP_202_ACCEPTED if accepted.created else status.HTTP_200_OK,
+        content=result.model_dump(mode="json"),
+    )
+
+
+@router.get("/{event_id}", response_model=EventPublic)
+def get_event(event_id: str, session: SessionDep, tenant: TenantDep) -> EventPublic:
+    detail = q.get_event_detail(session, tenant, event_id)
+    if detail is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")
+    e = detail.event
+    return EventPublic(
+        id=e.id,
+        type=e.type,
+        data=e.data,
+        actor=e.actor,
+        received_at=e.received_at,
+        dispatched_at=e.dispatched_at,
+        notifications=[
+            NotificationPublic(
+                id=n.id,
+                flow=n.flow_key,
+                subscriber_id=n.subscriber_id,
+                workflow_id=n.workflow_id,
+                status=st.value,
+                deliveries=[DeliveryPublic.model_validate(d, from_attributes=True) for d in ds],
+            )
+            for n, st, ds in detail.notifications
+        ],
+    )
+
+
+def _recipients(body: EventCreate) -> list[q.RecipientSpec]:
+    """Deduplicate while keeping order; a repeated inline id keeps its last fields."""
+    specs: dict[str, q.RecipientSpec] = {}
+    for item in body.to:
+        if isinstance(item, InlineSubscriber):
+            values = item.to_row_values()
+            values.pop("id", None)
+            specs[item.id] = q.RecipientSpec(item.id, values)
+        elif item not in specs:
+            specs[item] = q.RecipientSpec(item)
+    return list(specs.values())

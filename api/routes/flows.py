@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Response, status
+
+from api.deps import SessionDep, TenantDep
+from core.flows import FLOW_KEY_PATTERN
+from store import flows as q
+from store.models import FlowCreate, FlowPublic
+
+router = APIRouter(prefix="/v1/flows", tags=["flows"])
+FlowKey = Annotated[str, Path(pattern=FLOW_KEY_PATTERN)]
+
+
+@router.put("/{key}", response_model=FlowPublic)
+def put_flow(key: FlowKey, body: FlowCreate, session: SessionDep, tenant: TenantDep) -> FlowPublic:
+    """Create or replace. Running notifications keep the version they started with."""
+    row = q.put_flow(session, tenant, key, body.model_dump(mode="json"))
+    return FlowPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("", response_model=list[FlowPublic])
+def list_flows(session: SessionDep, tenant: TenantDep) -> list[FlowPublic]:
+    return [
+        FlowPublic.model_validate(r, from_attributes=True) for r in q.list_flows(session, tenant)
+    ]
+
+
+@router.get("/{key}", response_model=FlowPublic)
+def get_flow(key: FlowKey, session: SessionDep, tenant: TenantDep) -> FlowPublic:
+    row = q.get_flow(session, tenant, key)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"flow {key!r} not found")
+    return FlowPublic.model_validate(row, from_attributes=True)
+
+
+@router.delete("/{key}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_flow(key: FlowKey, session: SessionDep, tenant: TenantDep) -> Response:
+    if not q.delete_flow(session, tenant, key):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"flow {key!r} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, status
+
+from api.deps import SessionDep, TenantDep
+from store import subscribers as q
+from store.models import (
+    SUBSCRIBER_ID_PATTERN,
+    PreferencePublic,
+    PreferenceUpdate,
+    SubscriberCreate,
+    SubscriberPublic,
+)
+
+router = APIRouter(prefix="/v1/subscribers", tags=["subscribers"])
+SubscriberId = Annotated[str, Path(pattern=SUBSCRIBER_ID_PATTERN, description="Your user id")]
+
+
+@router.put("/{subscriber_id}", response_model=SubscriberPublic)
+def put_subscriber(
+    subscriber_id: SubscriberId, body: SubscriberCreate, session: SessionDep, tenant: TenantDep
+) -> SubscriberPublic:
+    """Create or update. Fields you omit keep their stored value; send null to clear one."""
+    row = q.upsert_subscriber(session, tenant, subscriber_id, body.to_row_values())
+    return SubscriberPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("/{subscriber_id}", response_model=SubscriberPublic)
+def get_subscriber(
+    subscriber_id: SubscriberId, session: SessionDep, tenant: TenantDep
+) -> SubscriberPublic:
+    row = q.get_subscriber(session, tenant, subscriber_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"subscriber {subscriber_id!r} not found")
+    return SubscriberPublic.model_validate(row, from_attributes=True)
+
+
+@router.put("/{subscriber_id}/preferences", response_model=PreferencePublic)
+def put_preferences(
+    subscriber_id: SubscriberId, body: PreferenceUpdate, session: SessionDep, tenant: TenantDep
+) -> PreferencePublic:
+    """Replace the subscriber's preferences. Flow beats category beats channel; unset allows."""
+    _require(session, tenant, subscriber_id)
+    row = q.put_preferences(session, tenant, subscriber_id, body.model_dump(mode="json"))
+    return PreferencePublic.model_validate(row, from_attributes=True)
+
+
+@router.get("/{subscriber_id}/preferences", response_model=PreferencePublic)
+def get_preferences(
+    subscriber_id: SubscriberId, session: SessionDep, tenant: TenantDep
+) -> PreferencePublic:
+    _require(session, tenant, subscriber_id)
+    row = q.get_preferences(session, tenant, subscriber_id)
+    if row is None:
+        return PreferencePublic(subscriber_id=subscriber_id)
+    return PreferencePublic.model_validate(row, from_attributes=True)
+
+
+def _require(session: SessionDep, tenant: str, subscriber_id: str) -> None:
+    if q.get_subscriber(session, tenant, subscriber_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"subscriber {subscriber_id!r} not found")

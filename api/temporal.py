@@ -1,0 +1,45 @@
+"""A lazily connected Temporal client, so the API starts (and says so) while Temporal is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.client import Client
+
+from core.settings import Settings
+from core.temporal import connect
+
+log = logging.getLogger(__name__)
+
+
+class TemporalUnavailableError(Exception):
+    pass
+
+
+class TemporalGateway:
+    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+        self._settings = settings
+        self._client = client
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                try:
+                    self._client = await asyncio.wait_for(connect(self._settings), timeout=5)
+                except Exception as exc:
+                    log.warning(
+                        "cannot reach Temporal at %s: %s", self._settings.temporal_target, exc
+                    )
+                    raise TemporalUnavailableError(str(exc)) from exc
+            return self._client
+
+    async def healthy(self) -> bool:
+        try:
+            client = await self.client()
+            return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
+        except Exception:
+            return False

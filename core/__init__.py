@@ -1,0 +1,1 @@
+"""Settings and types shared by the API, the worker and the channel adapters."""

@@ -1,0 +1,100 @@
+"""One settings class for the API and the worker, read from ``HERALD_*`` variables."""
+
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.types import Channel
+
+# A fixed dev secret keeps signatures reproducible locally; production refuses it.
+DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herald-dev-webhook-secret-0001").decode()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HERALD_", env_file=None, extra="ignore")
+
+    env: Literal["dev", "test", "production"] = "dev"
+    data_dir: Path = Path(".herald")
+    database_url: str = "sqlite:///.herald/herald.db"
+
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    task_queue_prefix: str = "herald"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # "key1:tenantA,key2:tenantB"
+    api_keys: SecretStr = SecretStr("")
+
+    email_from: str = "Herald <notifications@herald.local>"
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+    fcm_credentials_file: Path | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    worker_max_concurrent_activities: int = Field(default=64, ge=1)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_shape(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("must have the form whsec_<base64>")
+        try:
+            base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except ValueError as exc:
+            raise ValueError("the part after whsec_ must be base64") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_dev_defaults_in_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        if self.webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
+            raise ValueError("HERALD_WEBHOOK_SECRET must be set in production")
+        if not self.api_key_map():
+            raise ValueError("HERALD_API_KEYS must be set in production")
+        return self
+
+    def api_key_map(self) -> dict[str, str]:
+        """Parse ``key:tenant`` pairs; a malformed pair is an error, not a silent skip."""
+        pairs: dict[str, str] = {}
+        for item in self.api_keys.get_secret_value().split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, sep, tenant = item.partition(":")
+            if not sep or not key or not tenant:
+                raise ValueError("HERALD_API_KEYS entries must look like key:tenant")
+            pairs[key] = tenant
+        return pairs
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def workflow_task_queue(self) -> str:
+        return f"{self.task_queue_prefix}-workflows"
+
+    def channel_task_queue(self, channel: Channel) -> str:
+        return f"{self.task_queue_prefix}-{channel.value}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

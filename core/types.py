@@ -1,0 +1,57 @@
+"""Enums and ids shared across the API, workflows and activities."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    WEBHOOK = "webhook"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+TERMINAL_DELIVERY_STATUSES = frozenset(
+    {DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SKIPPED, DeliveryStatus.FAILED}
+)
+
+
+class NotificationStatus(StrEnum):
+    """Shown in the API and as the ``HeraldStatus`` search attribute."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SENT = "sent"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+# Registered on the dev server (`make run`, tests) and on production namespaces.
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    "HeraldTenant": "Keyword",
+    "HeraldEventType": "Keyword",
+    "HeraldFlow": "Keyword",
+    "HeraldSubscriber": "Keyword",
+    "HeraldStatus": "Keyword",
+}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def notification_workflow_id(
+    tenant_id: str, event_id: str, flow_key: str, subscriber_id: str
+) -> str:
+    """Derived from the business key so a repeated start finds the same workflow."""
+    return f"notification/{tenant_id}/{event_id}/{flow_key}/{subscriber_id}"

@@ -1,0 +1,277 @@
+"""The append-only event store and the notifications/deliveries an event fans out to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from core.types import (
+    TERMINAL_DELIVERY_STATUSES,
+    DeliveryStatus,
+    NotificationStatus,
+    new_id,
+    notification_workflow_id,
+)
+from store.db import session_scope
+from store.models import Delivery, DeliveryEvent, Event, Flow, Notification, utcnow
+from store.subscribers import existing_ids, upsert_subscriber
+
+
+class UnknownSubscribersError(Exception):
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"unknown subscriber ids: {', '.join(ids)}")
+        self.ids = ids
+
+
+class IdempotencyConflictError(Exception):
+    """The key was used before with a different request body."""
+
+
+@dataclass(frozen=True)
+class RecipientSpec:
+    id: str
+    # Inline subscriber fields to upsert before the event is stored (None: must already exist).
+    values: dict[str, Any] | None = None
+
+
+@dataclass
+class PlannedNotification:
+    notification: Notification
+    flow: Flow
+    delivery_ids: list[str]
+
+
+@dataclass
+class AcceptedEvent:
+    event: Event
+    notifications: list[PlannedNotification] = field(default_factory=list)
+    created: bool = True
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def accept_event(
+    engine: Engine,
+    tenant_id: str,
+    *,
+    type: str,
+    data: dict[str, Any],
+    actor: str | None,
+    recipients: list[RecipientSpec],
+    idempotency_key: str | None,
+    request_fingerprint: str,
+) -> AcceptedEvent:
+    """Store the event with its notifications and pending deliveries in one transaction.
+
+    All or nothing: an unknown recipient stores nothing. A repeated idempotency
+    key returns what the first request stored, even when both raced.
+    """
+    try:
+        with session_scope(engine) as session:
+            if idempotency_key:
+                prior = _load_by_key(session, tenant_id, idempotency_key, request_fingerprint)
+                if prior is not None:
+                    return prior
+            return _insert(
+                session,
+                tenant_id,
+                type,
+                data,
+                actor,
+                recipients,
+                idempotency_key,
+                request_fingerprint,
+            )
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        with session_scope(engine) as session:
+            prior = _load_by_key(session, tenant_id, idempotency_key, request_fingerprint)
+        if prior is None:
+            raise
+        return prior
+
+
+def _insert(
+    session: Session,
+    tenant_id: str,
+    type: str,
+    data: dict[str, Any],
+    actor: str | None,
+    recipients: list[RecipientSpec],
+    idempotency_key: str | None,
+    request_fingerprint: str,
+) -> AcceptedEvent:
+    for r in recipients:
+        if r.values is not None:
+            upsert_subscriber(session, tenant_id, r.id, r.values)
+    ids = [r.id for r in recipients]
+    missing = sorted(set(ids) - existing_ids(session, tenant_id, ids))
+    if missing:
+        raise UnknownSubscribersError(missing)
+
+    event = Event(
+        id=new_id("evt"),
+        tenant_id=tenant_id,
+        type=type,
+        data=data,
+        actor=actor,
+        recipients=ids,
+        idempotency_key=idempotency_key,
+        fingerprint=request_fingerprint,
+    )
+    session.add(event)
+    session.flush()  # the idempotency constraint fires here, before any fan-out
+    accepted = AcceptedEvent(event=event)
+    flows = list(
+        session.exec(
+            select(Flow)
+            .where(Flow.tenant_id == tenant_id, Flow.event_type == type)
+            .order_by(col(Flow.key))
+        ).all()
+    )
+    notifications: list[Notification] = []
+    deliveries: list[Delivery] = []
+    history: list[DeliveryEvent] = []
+    for flow in flows:
+        for subscriber_id in ids:
+            notification = Notification(
+                id=new_id("ntf"),
+                tenant_id=tenant_id,
+                event_id=event.id,
+                flow_key=flow.key,
+                subscriber_id=subscriber_id,
+                workflow_id=notification_workflow_id(tenant_id, event.id, flow.key, subscriber_id),
+            )
+            notifications.append(notification)
+            delivery_ids = []
+            for index, step in enumerate(flow.steps):
+                delivery = Delivery(
+                    id=new_id("dlv"),
+                    tenant_id=tenant_id,
+                    notification_id=notification.id,
+                    step_index=index,
+                    channel=step["channel"],
+                )
+                delivery_ids.append(delivery.id)
+                deliveries.append(delivery)
+                history.append(
+                    DeliveryEvent(
+                        tenant_id=tenant_id,
+                        delivery_id=delivery.id,
+                        status=DeliveryStatus.PENDING.value,
+                    )
+                )
+            accepted.notifications.append(PlannedNotification(notification, flow, delivery_ids))
+    # No ORM relationships, so flush parents before children for the foreign keys.
+    for batch in (notifications, deliveries, history):
+        session.add_all(batch)
+        session.flush()
+    return accepted
+
+
+def _load_by_key(
+    session: Session, tenant_id: str, key: str, request_fingerprint: str
+) -> AcceptedEvent | None:
+    event = session.exec(
+        select(Event).where(Event.tenant_id == tenant_id, Event.idempotency_key == key)
+    ).first()
+    if event is None:
+        return None
+    if event.fingerprint != request_fingerprint:
+        raise IdempotencyConflictError(
+            f"idempotency key {key!r} was already used with a different request"
+        )
+    accepted = AcceptedEvent(event=event, created=False)
+    notifications = _notifications(session, event.id)
+    flows = {
+        f.key: f
+        for f in session.exec(
+            select(Flow).where(
+                Flow.tenant_id == tenant_id,
+                col(Flow.key).in_({n.flow_key for n in notifications}),
+            )
+        ).all()
+    }
+    deliveries = _deliveries_by_notification(session, [n.id for n in notifications])
+    for n in notifications:
+        flow = flows.get(n.flow_key)
+        if flow is None:  # deleted since; nothing left to dispatch for it
+            continue
+        ids = [d.id for d in deliveries.get(n.id, [])]
+        accepted.notifications.append(PlannedNotification(n, flow, ids))
+    return accepted
+
+
+def mark_dispatched(engine: Engine, event_id: str) -> None:
+    with session_scope(engine) as session:
+        event = session.get(Event, event_id)
+        if event is not None and event.dispatched_at is None:
+            event.dispatched_at = utcnow()
+            session.add(event)
+
+
+def _notifications(session: Session, event_id: str) -> list[Notification]:
+    stmt = (
+        select(Notification)
+        .where(Notification.event_id == event_id)
+        .order_by(col(Notification.flow_key), col(Notification.subscriber_id))
+    )
+    return list(session.exec(stmt).all())
+
+
+def _deliveries_by_notification(
+    session: Session, notification_ids: list[str]
+) -> dict[str, list[Delivery]]:
+    if not notification_ids:
+        return {}
+    stmt = (
+        select(Delivery)
+        .where(col(Delivery.notification_id).in_(notification_ids))
+        .order_by(col(Delivery.step_index))
+    )
+    grouped: dict[str, list[Delivery]] = {}
+    for d in session.exec(stmt).all():
+        grouped.setdefault(d.notification_id, []).append(d)
+    return grouped
+
+
+def notification_status(deliveries: list[Delivery], dispatched: bool) -> NotificationStatus:
+    statuses = {DeliveryStatus(d.status) for d in deliveries}
+    if not statuses.issubset(TERMINAL_DELIVERY_STATUSES):
+        return NotificationStatus.RUNNING if dispatched else NotificationStatus.PENDING
+    if DeliveryStatus.FAILED in statuses:
+        return NotificationStatus.FAILED
+    if statuses & {DeliveryStatus.SENT, DeliveryStatus.DELIVERED}:
+        return NotificationStatus.SENT
+    return NotificationStatus.SKIPPED
+
+
+@dataclass
+class EventDetail:
+    event: Event
+    notifications: list[tuple[Notification, NotificationStatus, list[Delivery]]]
+
+
+def get_event_detail(session: Session, tenant_id: str, event_id: str) -> EventDetail | None:
+    event = session.get(Event, event_id)
+    if event is None or event.tenant_id != tenant_id:
+        return None
+    notifications = _notifications(session, event.id)
+    deliveries = _deliveries_by_notification(session, [n.id for n in notifications])
+    dispatched = event.dispatched_at is not None
+    return EventDetail(
+        event=event,
+        notifications=[
+            (n, notification_status(deliveries.get(n.id, []), dispatched), deliveries.get(n.id, []))
+            for n in notifications
+        ],
+    )

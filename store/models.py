@@ -1,0 +1,356 @@
+"""Tables and their API shapes, split as XBase / XCreate / X(table=True) / XPublic."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AnyHttpUrl,
+    Discriminator,
+    EmailStr,
+    StringConstraints,
+    Tag,
+    field_validator,
+)
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, DateTime, Index, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from core.flows import EVENT_TYPE_PATTERN, FLOW_KEY_PATTERN, Step
+from core.preferences import PreferenceSet
+from core.types import DeliveryStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Always hands back aware UTC datetimes; SQLite would otherwise drop the zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
+
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+SUBSCRIBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$"
+
+
+# --- tenants and keys -------------------------------------------------------
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+    id: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
+    key_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = _ts()
+
+
+# --- subscribers --------------------------------------------------------------
+
+
+class SubscriberBase(SQLModel):
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=16)
+    push_tokens: list[str] = Field(default_factory=list, sa_type=JSON)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    name: str | None = Field(default=None, max_length=200)
+    locale: str = Field(default="en", max_length=35)
+    timezone: str = Field(default="UTC", max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class SubscriberCreate(SubscriberBase):
+    email: EmailStr | None = None
+    webhook_url: AnyHttpUrl | None = None  # type: ignore[assignment]
+
+    @field_validator("phone")
+    @classmethod
+    def _e164(cls, v: str | None) -> str | None:
+        if v is not None and not E164.match(v):
+            raise ValueError("must be an E.164 number such as +14155550100")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {v!r}") from exc
+        return v
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, v: str) -> str:
+        if not LOCALE.match(v):
+            raise ValueError("must be a language tag such as en or pt-BR")
+        return v
+
+    @field_validator("push_tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        if any(not t or len(t) > 4096 for t in v):
+            raise ValueError("push tokens must be non-empty strings")
+        return list(dict.fromkeys(v))
+
+    def to_row_values(self) -> dict[str, Any]:
+        """Only the fields the caller sent, as plain column values."""
+        values = self.model_dump(exclude_unset=True)
+        for key in ("email", "webhook_url"):
+            if values.get(key) is not None:
+                values[key] = str(getattr(self, key))
+        return values
+
+
+class Subscriber(SubscriberBase, table=True):
+    __tablename__ = "subscribers"
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, max_length=128)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class SubscriberPublic(SubscriberBase):
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- preferences --------------------------------------------------------------
+
+
+class PreferenceBase(SQLModel):
+    channels: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    categories: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    flows: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class PreferenceUpdate(PreferenceSet):
+    """Validated against the typed preference model, then stored as JSON."""
+
+
+class Preference(PreferenceBase, table=True):
+    __tablename__ = "preferences"
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    subscriber_id: str = Field(primary_key=True, max_length=128)
+    updated_at: datetime = _ts()
+
+
+class PreferencePublic(PreferenceBase):
+    subscriber_id: str
+    updated_at: datetime | None = None
+
+
+# --- flows --------------------------------------------------------------------
+
+
+class FlowBase(SQLModel):
+    event_type: str = Field(index=True, max_length=128)
+    category: str = Field(default="transactional", max_length=64)
+    critical: bool = False
+
+
+class FlowCreate(FlowBase):
+    event_type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
+    category: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] = "transactional"
+    steps: list[Step] = Field(min_length=1, max_length=20)
+
+
+class Flow(FlowBase, table=True):
+    __tablename__ = "flows"
+    __table_args__ = (Index("ix_flows_tenant_event", "tenant_id", "event_type"),)
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=128)
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    version: int = 1
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class FlowPublic(FlowBase):
+    key: str
+    steps: list[dict[str, Any]]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- events (append-only) -------------------------------------------------------
+
+
+class EventBase(SQLModel):
+    type: str = Field(max_length=128)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    actor: str | None = Field(default=None, max_length=128)
+
+
+class Event(EventBase, table=True):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_events_idempotency"),
+        Index("ix_events_tenant_type_received", "tenant_id", "type", "received_at"),
+    )
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(max_length=64)
+    recipients: list[str] = Field(default_factory=list, sa_type=JSON)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    fingerprint: str = Field(max_length=64)
+    received_at: datetime = _ts()
+    dispatched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- notifications, deliveries, history ------------------------------------------
+
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notifications"
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(index=True, max_length=64)
+    event_id: str = Field(foreign_key="events.id", index=True, max_length=64)
+    flow_key: str = Field(max_length=128)
+    subscriber_id: str = Field(max_length=128)
+    workflow_id: str = Field(unique=True, max_length=512)
+    created_at: datetime = _ts()
+
+
+class DeliveryBase(SQLModel):
+    channel: str = Field(max_length=16)
+    status: str = Field(default=DeliveryStatus.PENDING.value, max_length=16)
+    reason: str | None = Field(default=None, max_length=2000)
+    provider: str | None = Field(default=None, max_length=32)
+    provider_message_id: str | None = Field(default=None, max_length=512)
+    attempts: int = 0
+
+
+class Delivery(DeliveryBase, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "step_index", name="uq_deliveries_step"),
+        Index("ix_deliveries_tenant_status", "tenant_id", "status"),
+    )
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(max_length=64)
+    notification_id: str = Field(foreign_key="notifications.id", index=True, max_length=64)
+    step_index: int
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class DeliveryPublic(DeliveryBase):
+    id: str
+    step_index: int
+    updated_at: datetime
+
+
+class DeliveryEvent(SQLModel, table=True):
+    """Append-only status history of a delivery."""
+
+    __tablename__ = "delivery_events"
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = Field(max_length=64)
+    delivery_id: str = Field(foreign_key="deliveries.id", index=True, max_length=64)
+    status: str = Field(max_length=16)
+    detail: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _ts()
+
+
+class SandboxMessage(SQLModel, table=True):
+    __tablename__ = "sandbox_messages"
+    __table_args__ = (Index("ix_sandbox_tenant_created", "tenant_id", "created_at"),)
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(max_length=64)
+    delivery_id: str = Field(max_length=64)
+    channel: str = Field(max_length=16)
+    to: list[str] = Field(default_factory=list, sa_type=JSON)
+    content: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = _ts()
+
+
+class SandboxMessagePublic(SQLModel):
+    id: str
+    delivery_id: str
+    channel: str
+    to: list[str]
+    content: dict[str, Any]
+    created_at: datetime
+
+
+# --- event API shapes -------------------------------------------------------------
+
+SubscriberId = Annotated[str, StringConstraints(pattern=SUBSCRIBER_ID_PATTERN)]
+
+
+class InlineSubscriber(SubscriberCreate):
+    """A recipient given with its fields: upserted before the event is stored."""
+
+    id: SubscriberId
+
+
+def _recipient_kind(value: Any) -> str:
+    return "id" if isinstance(value, str) else "subscriber"
+
+
+Recipient = Annotated[
+    Annotated[SubscriberId, Tag("id")] | Annotated[InlineSubscriber, Tag("subscriber")],
+    Discriminator(_recipient_kind),
+]
+
+
+class EventCreate(EventBase):
+    type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
+    to: Annotated[list[Recipient], PydanticField(min_length=1, max_length=1000)]
+    actor: str | None = Field(default=None, max_length=128)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class NotificationRef(SQLModel):
+    id: str
+    flow: str
+    subscriber_id: str
+    workflow_id: str
+
+
+class EventAccepted(SQLModel):
+    id: str
+    notifications: list[NotificationRef]
+
+
+class NotificationPublic(NotificationRef):
+    status: str
+    deliveries: list[DeliveryPublic]
+
+
+class EventPublic(EventBase):
+    id: str
+    received_at: datetime
+    dispatched_at: datetime | None
+    notifications: list[NotificationPublic]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from store.models import Preference, Subscriber, utcnow
+
+
+def get_subscriber(session: Session, tenant_id: str, subscriber_id: str) -> Subscriber | None:
+    return session.get(Subscriber, (tenant_id, subscriber_id))
+
+
+def upsert_subscriber(
+    session: Session, tenant_id: str, subscriber_id: str, values: dict[str, Any]
+) -> Subscriber:
+    """Fields the caller sent overwrite; fields it left out keep their stored value."""
+    row = get_subscriber(session, tenant_id, subscriber_id)
+    if row is None:
+        row = Subscriber(tenant_id=tenant_id, id=subscriber_id, **values)
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()
+    session.add(row)
+    session.flush()
+    return row
+
+
+def existing_ids(session: Session, tenant_id: str, ids: Iterable[str]) -> set[str]:
+    wanted = list(set(ids))
+    if not wanted:
+        return set()
+    stmt = select(Subscriber.id).where(
+        Subscriber.tenant_id == tenant_id, col(Subscriber.id).in_(wanted)
+    )
+    return set(session.exec(stmt).all())
+
+
+def remove_push_tokens(
+    session: Session, tenant_id: str, subscriber_id: str, tokens: Iterable[str]
+) -> None:
+    row = get_subscriber(session, tenant_id, subscriber_id)
+    dead = set(tokens)
+    if row is None or not dead.intersection(row.push_tokens):
+        return
+    row.push_tokens = [t for t in row.push_tokens if t not in dead]
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def get_preferences(session: Session, tenant_id: str, subscriber_id: str) -> Preference | None:
+    return session.get(Preference, (tenant_id, subscriber_id))
+
+
+def put_preferences(
+    session: Session, tenant_id: str, subscriber_id: str, values: dict[str, Any]
+) -> Preference:
+    row = get_preferences(session, tenant_id, subscriber_id)
+    if row is None:
+        row = Preference(tenant_id=tenant_id, subscriber_id=subscriber_id, **values)
+    else:
+        row.channels = values.get("channels", {})
+        row.categories = values.get("categories", {})
+        row.flows = values.get("flows", {})
+        row.updated_at = utcnow()
+    session.add(row)
+    session.flush()
+    return row

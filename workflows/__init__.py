@@ -1,0 +1,1 @@
+"""Temporal workflows. Kept free of I/O: everything that touches the world is an activity."""

@@ -1,0 +1,70 @@
+"""Build the Temporal workers; shared by ``worker.py`` and the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.delivery import DeliveryActivities
+from channels.registry import build_adapters
+from core.settings import Settings
+from core.types import Channel
+from workflows.notification import NotificationWorkflow
+
+WORKFLOWS_QUEUE = "workflows"
+ALL_QUEUES = (WORKFLOWS_QUEUE, *(c.value for c in Channel))
+
+
+def parse_queues(spec: str | None) -> list[str]:
+    if not spec:
+        return list(ALL_QUEUES)
+    queues = [q.strip() for q in spec.split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(ALL_QUEUES))
+    if unknown or not queues:
+        raise ValueError(f"unknown queues {unknown}; choose from {', '.join(ALL_QUEUES)}")
+    return list(dict.fromkeys(queues))
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    engine: Engine,
+    queues: Iterable[str] = ALL_QUEUES,
+    executor: ThreadPoolExecutor | None = None,
+) -> tuple[list[Worker], ThreadPoolExecutor]:
+    """One worker per task queue, so each channel scales and rate-limits on its own."""
+    queues = list(queues)
+    per_queue = settings.worker_max_concurrent_activities
+    executor = executor or ThreadPoolExecutor(
+        max_workers=per_queue * len(queues) + 8, thread_name_prefix="herald-activity"
+    )
+    acts = DeliveryActivities(engine, {})
+    acts.adapters = build_adapters(settings, acts.sandbox_sink)
+    workers: list[Worker] = []
+    for queue in queues:
+        if queue == WORKFLOWS_QUEUE:
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=settings.workflow_task_queue,
+                    workflows=[NotificationWorkflow],
+                    activities=[acts.record_failure],  # local activity
+                    activity_executor=executor,
+                    max_concurrent_local_activities=per_queue,
+                )
+            )
+        else:
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=settings.channel_task_queue(Channel(queue)),
+                    activities=[acts.deliver],
+                    activity_executor=executor,
+                    max_concurrent_activities=per_queue,
+                )
+            )
+    return workers, executor
