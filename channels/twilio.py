@@ -1,0 +1,142 @@
+"""SMS through Twilio's Messages API, using the official ``twilio`` SDK."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from channels.base import (
+    Message,
+    PermanentProviderError,
+    ProviderError,
+    SendResult,
+    SmsContent,
+    TransientProviderError,
+    parse_retry_after,
+)
+from core.settings import Settings
+from core.types import Channel
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "twilio"
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+# Twilio error codes (https://www.twilio.com/docs/api/errors).
+AUTH_CODES = frozenset({20003})
+TRANSIENT_CODES = frozenset({20429})
+
+
+class RetryAfterHttpClient(TwilioHttpClient):
+    """Remembers the last response's Retry-After header, per thread.
+
+    ``TwilioRestException`` drops the response headers, so the adapter reads the header
+    from here right after a failed call made on the same thread.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._local = threading.local()
+
+    @property
+    def last_retry_after(self) -> str | None:
+        value: str | None = getattr(self._local, "retry_after", None)
+        return value
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        self._local.retry_after = None
+        response = super().request(*args, **kwargs)
+        headers = response.headers or {}
+        self._local.retry_after = headers.get("Retry-After")
+        return response
+
+
+class TwilioAdapter:
+    channel = Channel.SMS
+    provider = PROVIDER
+
+    def __init__(self, settings: Settings, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        if not (
+            settings.twilio_account_sid
+            and settings.twilio_auth_token is not None
+            and settings.twilio_from_number
+        ):
+            raise ValueError("TwilioAdapter needs the Twilio account sid, auth token and number")
+        self._from = settings.twilio_from_number
+        self._http = RetryAfterHttpClient(timeout=timeout)
+        self._client = Client(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            http_client=self._http,
+        )
+        # Client() reads TWILIO_EDGE / TWILIO_REGION from os.environ and would then rewrite
+        # the hostname; our base URL is the only routing input.
+        self._client.edge = None
+        self._client.region = None
+        self._client.api.base_url = settings.twilio_base_url.rstrip("/")
+
+    def send(self, message: Message) -> SendResult:
+        content = message.content
+        if not isinstance(content, SmsContent):
+            raise PermanentProviderError(
+                f"expected SmsContent, got {type(content).__name__}",
+                provider=PROVIDER,
+                code="bad_content",
+            )
+        if len(message.to) != 1:
+            raise PermanentProviderError(
+                f"expected exactly one recipient, got {len(message.to)}",
+                provider=PROVIDER,
+                code="bad_recipient",
+            )
+        try:
+            created = self._client.messages.create(
+                to=message.to[0], from_=self._from, body=content.text
+            )
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise self._classify(exc) from exc
+        except requests.Timeout as exc:
+            raise TransientProviderError(
+                f"timeout talking to Twilio: {exc}", provider=PROVIDER, code="timeout"
+            ) from exc
+        except (requests.RequestException, OSError) as exc:
+            raise TransientProviderError(
+                f"network error talking to Twilio: {exc}", provider=PROVIDER, code="network"
+            ) from exc
+        except TwilioException as exc:
+            # e.g. an unparseable success body: the message may or may not exist.
+            raise TransientProviderError(
+                f"unexpected Twilio response: {exc}", provider=PROVIDER, code="unexpected"
+            ) from exc
+        log.info(
+            "twilio accepted delivery %s (sid %s, status %s)",
+            message.delivery_id,
+            created.sid,
+            created.status,
+        )
+        return SendResult(provider=PROVIDER, provider_message_id=str(created.sid))
+
+    def _classify(self, exc: TwilioRestException | TwilioServiceException) -> ProviderError:
+        status = int(exc.status)
+        code = int(exc.code) if exc.code is not None else None
+        # TwilioRestException.msg reads "Unable to create record: <Twilio's message>".
+        detail = (exc.detail or exc.title) if isinstance(exc, TwilioServiceException) else exc.msg
+        text = f"HTTP {status}, code {code}: {detail}"
+        if status == 429 or status >= 500 or code in TRANSIENT_CODES:
+            return TransientProviderError(
+                text,
+                provider=PROVIDER,
+                code=str(code or status),
+                retry_after=parse_retry_after(self._http.last_retry_after),
+            )
+        if status == 401 or code in AUTH_CODES:
+            return PermanentProviderError(text, provider=PROVIDER, code="auth")
+        # 21211 invalid number, 21614 not a mobile number, 21610 unsubscribed (STOP), ...
+        return PermanentProviderError(text, provider=PROVIDER, code=str(code or status))
