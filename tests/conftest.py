@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from core.settings import Settings
 from core.types import SEARCH_ATTRIBUTES
 from store.db import init_db, make_engine
 from tests.fakes.provider import FakeProvider
-from workflows.runtime import build_workers
+from workflows.runtime import ALL_QUEUES, build_workers
 
 TEST_DATABASE_URL_ENV = "HERALD_TEST_DATABASE_URL"
 
@@ -121,43 +121,62 @@ class Herald:
     engine: Engine
     tenant: str
     api_key: str
+    stack: AsyncExitStack
+
+    async def serve(self, queues: Sequence[str]) -> None:
+        """Start workers for more queues, e.g. a channel that was left unserved."""
+        await start_workers(self.stack, self.client, self.settings, self.engine, queues)
 
     async def put_subscriber(self, sid: str, **fields: Any) -> dict[str, Any]:
         r = await self.http.put(f"/v1/subscribers/{sid}", json=fields)
         assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     async def put_flow(self, key: str, **body: Any) -> dict[str, Any]:
         r = await self.http.put(f"/v1/flows/{key}", json=body)
         assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     async def publish(self, **body: Any) -> dict[str, Any]:
         r = await self.http.post("/v1/events", json=body)
         assert r.status_code == 202, r.text
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
-    async def wait_event(self, event_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_event(self, event_id: str, within: float = 20.0) -> dict[str, Any]:
         """Wait until every notification's workflow finished, then read the event back."""
         body = (await self.http.get(f"/v1/events/{event_id}")).json()
         for n in body["notifications"]:
             handle = self.client.get_workflow_handle(n["workflow_id"])
-            await asyncio.wait_for(handle.result(), timeout)
+            await asyncio.wait_for(handle.result(), within)
         r = await self.http.get(f"/v1/events/{event_id}")
         assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
+
+
+async def start_workers(
+    stack: AsyncExitStack,
+    client: Client,
+    settings: Settings,
+    engine: Engine,
+    queues: Sequence[str] = ALL_QUEUES,
+) -> None:
+    workers, executor = build_workers(client, settings, engine, queues)
+    stack.callback(executor.shutdown, wait=False)
+    for worker in workers:
+        await stack.enter_async_context(worker)
 
 
 async def start_herald(
-    stack: AsyncExitStack, env: WorkflowEnvironment, engine: Engine, database_url: str,
+    stack: AsyncExitStack,
+    env: WorkflowEnvironment,
+    engine: Engine,
+    database_url: str,
+    queues: Sequence[str] = ALL_QUEUES,
     **overrides: Any,
 ) -> Herald:
     target = env.client.service_client.config.target_host
     settings, key, tenant = make_settings(database_url, target, **overrides)
-    workers, executor = build_workers(env.client, settings, engine)
-    stack.callback(executor.shutdown, wait=False)
-    for worker in workers:
-        await stack.enter_async_context(worker)
+    await start_workers(stack, env.client, settings, engine, queues)
     app = create_app(settings, client=env.client)
     await stack.enter_async_context(app.router.lifespan_context(app))
     http = await stack.enter_async_context(
@@ -167,29 +186,42 @@ async def start_herald(
             headers={"Authorization": f"Bearer {key}"},
         )
     )
-    return Herald(http, settings, env.client, engine, tenant, key)
+    return Herald(http, settings, env.client, engine, tenant, key, stack)
+
+
+HeraldFactory = Callable[..., Awaitable[Herald]]
 
 
 @pytest.fixture
-async def herald(
+async def herald_factory(
     temporal_env: WorkflowEnvironment,
     engine: Engine,
     database_url: str,
     fresh_provider: FakeProvider,
     tmp_path: Path,
-) -> AsyncIterator[Herald]:
-    """Herald with all four channels pointed at the fake provider."""
+) -> AsyncIterator[HeraldFactory]:
+    """Start Herald with chosen queues; ``providers=False`` leaves channels on the sandbox."""
     async with AsyncExitStack() as stack:
-        yield await start_herald(
-            stack, temporal_env, engine, database_url,
-            **fresh_provider.settings_overrides(tmp_path),
-        )
+
+        async def factory(
+            queues: Sequence[str] = ALL_QUEUES, providers: bool = True, **overrides: Any
+        ) -> Herald:
+            if providers:
+                overrides = {**fresh_provider.settings_overrides(tmp_path), **overrides}
+            return await start_herald(
+                stack, temporal_env, engine, database_url, queues, **overrides
+            )
+
+        yield factory
 
 
 @pytest.fixture
-async def sandbox_herald(
-    temporal_env: WorkflowEnvironment, engine: Engine, database_url: str
-) -> AsyncIterator[Herald]:
+async def herald(herald_factory: HeraldFactory) -> Herald:
+    """Herald with all four channels pointed at the fake provider."""
+    return await herald_factory()
+
+
+@pytest.fixture
+async def sandbox_herald(herald_factory: HeraldFactory) -> Herald:
     """Herald with no provider configured: email, SMS and push go to the sandbox."""
-    async with AsyncExitStack() as stack:
-        yield await start_herald(stack, temporal_env, engine, database_url)
+    return await herald_factory(providers=False)

@@ -18,7 +18,11 @@ FOUR_CHANNELS: list[dict[str, Any]] = [
         "html": "<p>Hi {{ subscriber.name }}</p>",
     },
     {"channel": "sms", "text": "Order {{ data.order_id }} is confirmed"},
-    {"channel": "push", "title": "Order {{ data.order_id }}", "body": "Thanks {{ subscriber.name }}"},
+    {
+        "channel": "push",
+        "title": "Order {{ data.order_id }}",
+        "body": "Thanks {{ subscriber.name }}",
+    },
     {"channel": "webhook"},
 ]
 
@@ -54,7 +58,10 @@ async def test_one_event_reaches_all_four_providers(
     assert notification["status"] == "sent"
     by_channel = {d["channel"]: d for d in notification["deliveries"]}
     assert {c: d["status"] for c, d in by_channel.items()} == {
-        "email": "sent", "sms": "sent", "push": "sent", "webhook": "sent",
+        "email": "sent",
+        "sms": "sent",
+        "push": "sent",
+        "webhook": "sent",
     }
     assert by_channel["email"]["provider"] == "sendgrid"
     assert by_channel["sms"]["provider"] == "twilio"

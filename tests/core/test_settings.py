@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import Settings
+from core.types import Channel
+
+
+def test_env_prefix_and_key_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_API_KEYS", "k1:acme, k2:globex")
+    monkeypatch.setenv("HERALD_TASK_QUEUE_PREFIX", "hx")
+    s = Settings()
+    assert s.api_key_map() == {"k1": "acme", "k2": "globex"}
+    assert s.channel_task_queue(Channel.EMAIL) == "hx-email"
+    assert s.workflow_task_queue == "hx-workflows"
+    assert s.temporal_target == "127.0.0.1:7233"
+
+
+def test_malformed_key_pairs_are_refused() -> None:
+    with pytest.raises(ValueError, match="key:tenant"):
+        Settings.model_validate(dict(api_keys="just-a-key")).api_key_map()
+
+
+def test_production_refuses_dev_defaults() -> None:
+    with pytest.raises(ValidationError, match="HERALD_WEBHOOK_SECRET"):
+        Settings.model_validate(dict(env="production", api_keys="k:t"))
+    with pytest.raises(ValidationError, match="HERALD_API_KEYS"):
+        Settings.model_validate(dict(env="production", webhook_secret="whsec_c2VjcmV0LXNlY3JldA=="))
+    ok = Settings.model_validate(
+        dict(env="production", api_keys="k:t", webhook_secret="whsec_c2VjcmV0LXNlY3JldA==")
+    )
+    assert ok.api_key_map() == {"k": "t"}
+
+
+def test_webhook_secret_must_be_whsec_base64() -> None:
+    with pytest.raises(ValidationError, match="whsec_"):
+        Settings.model_validate(dict(webhook_secret="plain"))
+    with pytest.raises(ValidationError, match="base64"):
+        Settings.model_validate(dict(webhook_secret="whsec_not base64!"))
