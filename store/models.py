@@ -20,7 +20,7 @@ from sqlalchemy import JSON, DateTime, Index, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-from core.flows import EVENT_TYPE_PATTERN, FLOW_KEY_PATTERN, Step
+from core.flows import EVENT_TYPE_PATTERN, FLOW_KEY_PATTERN, StepIn
 from core.preferences import PreferenceSet
 from core.types import DeliveryStatus
 
@@ -182,7 +182,7 @@ class FlowBase(SQLModel):
 class FlowCreate(FlowBase):
     event_type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
     category: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] = "transactional"
-    steps: list[Step] = Field(min_length=1, max_length=20)
+    steps: list[StepIn] = Field(min_length=1, max_length=20)
 
 
 class Flow(FlowBase, table=True):
