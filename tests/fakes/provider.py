@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -203,6 +204,8 @@ class FakeProvider:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
+        # Called (on the server thread) with every finished request; the bench uses it.
+        self.on_record: Callable[[Recorded], None] | None = None
         self.app = self._build_app()
 
     # ---- lifecycle
@@ -374,6 +377,8 @@ class FakeProvider:
         with self._state.lock:
             self._state.records.append(rec)
             self._state.lock.notify_all()
+        if self.on_record is not None:
+            self.on_record(rec)
 
     # ---- HTTP
 

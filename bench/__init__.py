@@ -1,0 +1,1 @@
+"""`make bench`: Herald against the raw Temporal ceiling, measured in one run."""

@@ -1,0 +1,536 @@
+"""Run every scenario against real processes on loopback and report ratios against raw.
+
+Processes: a file-backed Temporal dev server (configured like ``make run``),
+Herald's worker, Herald's API, a raw-ceiling worker; the fake provider runs in
+this process so each delivery can be awaited the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from bench.raw import RawInput, RawWorkflow
+from scripts.run import temporal_command
+from tests.fakes.provider import FakeProvider, Recorded
+
+log = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+API_KEY = "bench-key"
+SEQ = re.compile(r"bench (\d+)")
+
+RAW_CONCURRENCY = (8, 16, 32, 64)
+ITEMS_PER_LEVEL = int(os.environ.get("HERALD_BENCH_ITEMS", "300"))
+BURST_EVENTS = int(os.environ.get("HERALD_BENCH_BURST", "2000"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM is the kernel's own high-water mark of resident memory."""
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+        return kb / 1024
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far, children included (utime, stime, cutime, cstime)."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Proc:
+    log_path = logs / f"{name}.log"
+    out = log_path.open("wb")
+    popen = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return Proc(name, popen, log_path)
+
+
+async def wait_port(port: int, proc: Proc, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited; see {proc.log_path}")
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{proc.name} did not open port {port}")
+
+
+class Deliveries:
+    """Resolves a future per (scenario, seq) once every expected provider request arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.expect: dict[int, int] = {}
+        self.seen: dict[int, list[float]] = defaultdict(list)
+        self.waiters: dict[int, asyncio.Future[float]] = {}
+
+    def on_record(self, rec: Recorded) -> None:  # server thread
+        if rec.status >= 300:
+            return
+        seq = _seq_of(rec)
+        if seq is not None:
+            self.loop.call_soon_threadsafe(self._arrived, seq, rec.received_at)
+
+    def _arrived(self, seq: int, at: float) -> None:
+        self.seen[seq].append(at)
+        fut = self.waiters.get(seq)
+        if fut is not None and not fut.done() and len(self.seen[seq]) >= self.expect.get(seq, 1):
+            fut.set_result(max(self.seen[seq]))
+
+    def wait(self, seq: int, expected: int) -> asyncio.Future[float]:
+        self.expect[seq] = expected
+        fut = self.loop.create_future()
+        self.waiters[seq] = fut
+        if len(self.seen[seq]) >= expected:
+            fut.set_result(max(self.seen[seq]))
+        return fut
+
+
+def _seq_of(rec: Recorded) -> int | None:
+    j = rec.json if isinstance(rec.json, dict) else {}
+    text = ""
+    if rec.kind == "sendgrid":
+        text = str(j.get("subject", ""))
+    elif rec.kind == "twilio":
+        text = rec.form.get("Body", "")
+    elif rec.kind == "fcm":
+        text = str(j.get("message", {}).get("notification", {}).get("title", ""))
+    elif rec.kind == "webhook":
+        return int(j["seq"]) if "seq" in j else None
+    m = SEQ.search(text)
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class Run:
+    latencies: list[float] = field(default_factory=list)
+    api_latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    items: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, float]:
+        out = {
+            "items": self.items,
+            "throughput_per_s": round(self.throughput, 2),
+            "latency_p50_ms": round(pct(self.latencies, 50) * 1000, 1),
+            "latency_p95_ms": round(pct(self.latencies, 95) * 1000, 1),
+            "latency_p99_ms": round(pct(self.latencies, 99) * 1000, 1),
+        }
+        if self.api_latencies:
+            out["api_p50_ms"] = round(pct(self.api_latencies, 50) * 1000, 1)
+            out["api_p99_ms"] = round(pct(self.api_latencies, 99) * 1000, 1)
+        return out
+
+
+async def closed_loop(concurrency: int, items: int, one: Any) -> Run:
+    """``concurrency`` users, each submitting the next item once its previous one arrived."""
+    run = Run(items=items)
+    counter = itertools.count()
+
+    async def user() -> None:
+        while next(counter) < items:
+            await one(run)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: dict[str, Proc] = {}
+        self.seq = itertools.count(1)
+        self.fake = FakeProvider()
+        self.results: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        self.fake.start()
+        self.deliveries = Deliveries(asyncio.get_running_loop())
+        self.fake.on_record = self.deliveries.on_record
+        tport, uiport, aport = free_port(), free_port(), free_port()
+        self.temporal_addr = f"127.0.0.1:{tport}"
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        base_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base_env.get('PATH', '')}"
+        self.procs["temporal"] = spawn(
+            "temporal",
+            temporal_command(tport, uiport, self.work / "temporal.db", headless=True),
+            base_env,
+            self.work,
+        )
+        await wait_port(tport, self.procs["temporal"])
+        self.client = await Client.connect(self.temporal_addr)
+        overrides = self.fake.settings_overrides(self.work)
+        env = {
+            **base_env,
+            "HERALD_ENV": "test",
+            "HERALD_DATABASE_URL": f"sqlite:///{self.work / 'herald.db'}",
+            "HERALD_TEMPORAL_ADDRESS": self.temporal_addr,
+            "HERALD_API_KEYS": f"{API_KEY}:bench",
+            **{f"HERALD_{k.upper()}": str(v) for k, v in overrides.items()},
+        }
+        self.raw_queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
+        self.procs["raw-worker"] = spawn(
+            "raw-worker",
+            [
+                sys.executable,
+                "-m",
+                "bench.raw_worker",
+                "--address",
+                self.temporal_addr,
+                "--task-queue",
+                self.raw_queue,
+            ],
+            base_env,
+            self.work,
+        )
+        self.procs["worker"] = spawn("worker", [sys.executable, "worker.py"], env, self.work)
+        self.procs["api"] = spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(aport),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env,
+            self.work,
+        )
+        await wait_port(aport, self.procs["api"])
+        self.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{aport}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+        )
+        await self._setup_flows()
+
+    async def _setup_flows(self) -> None:
+        sub = {
+            "email": "bench@example.com",
+            "phone": "+14155550100",
+            "push_tokens": ["bench-device"],
+            "webhook_url": self.fake.webhook_url("herald"),
+        }
+        for path, body in [
+            ("/v1/subscribers/bench-user", sub),
+            (
+                "/v1/flows/bench-email",
+                {
+                    "event_type": "bench.email",
+                    "steps": [{"channel": "email", "subject": "bench {{ data.seq }}", "text": "x"}],
+                },
+            ),
+            (
+                "/v1/flows/bench-multi",
+                {
+                    "event_type": "bench.multi",
+                    "steps": [
+                        {"channel": "email", "subject": "bench {{ data.seq }}", "text": "x"},
+                        {"channel": "sms", "text": "bench {{ data.seq }}"},
+                        {"channel": "push", "title": "bench {{ data.seq }}", "body": "x"},
+                        {"channel": "webhook", "payload": {"seq": "{{ data.seq }}"}},
+                    ],
+                },
+            ),
+        ]:
+            r = await self.http.put(path, json=body)
+            r.raise_for_status()
+
+    # --- one item of each kind ---------------------------------------------------
+
+    async def raw_one(self, run: Run) -> None:
+        seq = next(self.seq)
+        done = self.deliveries.wait(seq, 1)
+        t0 = time.time()
+        await self.client.start_workflow(
+            RawWorkflow.run,
+            RawInput(self.fake.webhook_url("raw"), seq),
+            id=f"raw-{seq}-{uuid.uuid4().hex[:6]}",
+            task_queue=self.raw_queue,
+        )
+        run.latencies.append(await asyncio.wait_for(done, 120) - t0)
+
+    async def _event_one(self, run: Run, type_: str, expected: int) -> None:
+        seq = next(self.seq)
+        done = self.deliveries.wait(seq, expected)
+        t0 = time.time()
+        r = await self.http.post(
+            "/v1/events", json={"type": type_, "to": ["bench-user"], "data": {"seq": seq}}
+        )
+        run.api_latencies.append(time.time() - t0)
+        if r.status_code != 202:
+            raise RuntimeError(f"API answered {r.status_code}: {r.text}")
+        run.latencies.append(await asyncio.wait_for(done, 120) - t0)
+
+    async def tx_one(self, run: Run) -> None:
+        await self._event_one(run, "bench.email", 1)
+
+    async def multi_one(self, run: Run) -> None:
+        await self._event_one(run, "bench.multi", 4)
+
+    # --- scenarios -----------------------------------------------------------------
+
+    async def scenario_raw(self) -> int:
+        await closed_loop(8, 40, self.raw_one)  # warm-up
+        levels = {}
+        cpu_by_level = {}
+        for c in RAW_CONCURRENCY:
+            cpu = self.cpu_snapshot()
+            levels[c] = await closed_loop(c, ITEMS_PER_LEVEL, self.raw_one)
+            cpu_by_level[c] = self.cpu_per_item(cpu, ITEMS_PER_LEVEL)
+            say(
+                f"raw c={c}: {levels[c].throughput:.1f}/s p50 "
+                f"{pct(levels[c].latencies, 50) * 1000:.0f} ms"
+            )
+        best = max(levels, key=lambda c: levels[c].throughput)
+        self.results["raw"] = {
+            "best_concurrency": best,
+            **levels[best].summary(),
+            "cpu_ms_per_item": cpu_by_level[best],
+            "by_concurrency": {c: r.summary() for c, r in levels.items()},
+        }
+        return best
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        snap = {name: p.cpu_seconds() for name, p in self.procs.items()}
+        snap["bench"] = time.process_time()
+        return snap
+
+    def cpu_per_item(self, before: dict[str, float], items: int) -> dict[str, float]:
+        after = self.cpu_snapshot()
+        return {k: round((after[k] - before[k]) / items * 1000, 2) for k in before}
+
+    async def scenario_events(self, name: str, one: Any, concurrency: int) -> None:
+        await closed_loop(4, 20, one)  # warm-up
+        cpu = self.cpu_snapshot()
+        run = await closed_loop(concurrency, ITEMS_PER_LEVEL, one)
+        self.results[name] = {
+            "concurrency": concurrency,
+            **run.summary(),
+            "cpu_ms_per_item": self.cpu_per_item(cpu, run.items),
+        }
+        say(f"{name} c={concurrency}: {run.throughput:.1f}/s")
+
+    async def scenario_burst(self) -> None:
+        seqs = [next(self.seq) for _ in range(BURST_EVENTS)]
+        futures = [self.deliveries.wait(s, 1) for s in seqs]
+        accept: list[float] = []
+        sem = asyncio.Semaphore(64)
+        failures = 0
+
+        async def post(seq: int) -> None:
+            nonlocal failures
+            async with sem:
+                t0 = time.perf_counter()
+                r = await self.http.post(
+                    "/v1/events",
+                    json={"type": "bench.email", "to": ["bench-user"], "data": {"seq": seq}},
+                )
+                accept.append(time.perf_counter() - t0)
+                failures += r.status_code != 202
+
+        start = time.time()
+        await asyncio.gather(*(post(s) for s in seqs))
+        posted = time.time() - start
+        await asyncio.wait_for(asyncio.gather(*futures), 600)
+        last = max(f.result() for f in futures) - start
+        await asyncio.sleep(3)  # let any duplicate arrive before counting
+        counts = [len(self.deliveries.seen[s]) for s in seqs]
+        self.results["burst"] = {
+            "events": BURST_EVENTS,
+            "rejected": failures,
+            "api_accept_p50_ms": round(pct(accept, 50) * 1000, 1),
+            "api_accept_p99_ms": round(pct(accept, 99) * 1000, 1),
+            "all_posted_s": round(posted, 2),
+            "last_delivered_s": round(last, 2),
+            "lost": sum(1 for c in counts if c == 0),
+            "duplicates": sum(c - 1 for c in counts if c > 1),
+        }
+        say(f"burst: last delivered after {last:.1f}s")
+
+    def memory(self) -> None:
+        self.results["memory"] = {
+            "worker_peak_rss_mb": round(self.procs["worker"].peak_rss_mb(), 1),
+            "api_peak_rss_mb": round(self.procs["api"].peak_rss_mb(), 1),
+        }
+
+    async def stop(self) -> None:
+        if hasattr(self, "http"):
+            await self.http.aclose()
+        for name in ("api", "worker", "raw-worker", "temporal"):
+            if name in self.procs:
+                self.procs[name].stop()
+        self.fake.stop()
+
+
+def ratios(r: dict[str, Any]) -> dict[str, Any]:
+    raw, tx = r["raw"], r["transactional"]
+    return {
+        "transactional_throughput_vs_raw": round(
+            tx["throughput_per_s"] / raw["throughput_per_s"], 2
+        ),
+        "transactional_p50_vs_raw": round(tx["latency_p50_ms"] / raw["latency_p50_ms"], 2),
+        "multichannel_throughput_vs_raw": round(
+            r["multichannel"]["throughput_per_s"] / raw["throughput_per_s"], 2
+        ),
+    }
+
+
+TARGETS = [
+    (
+        "transactional throughput ÷ raw",
+        lambda r: r["ratios"]["transactional_throughput_vs_raw"],
+        ">=",
+        0.8,
+    ),
+    ("transactional p50 ÷ raw p50", lambda r: r["ratios"]["transactional_p50_vs_raw"], "<=", 1.5),
+    ("burst API accept p99 (ms)", lambda r: r["burst"]["api_accept_p99_ms"], "<=", 50),
+    ("burst lost + duplicates", lambda r: r["burst"]["lost"] + r["burst"]["duplicates"], "<=", 0),
+    ("worker peak RSS (MB)", lambda r: r["memory"]["worker_peak_rss_mb"], "<=", 300),
+]
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [f"{'figure':<34} {'value':>10} {'target':>10}  met"]
+    for name, get, op, target in TARGETS:
+        value = get(r)
+        met = value >= target if op == ">=" else value <= target
+        lines.append(f"{name:<34} {value:>10} {op + str(target):>10}  {'yes' if met else 'NO'}")
+    lines.append("")
+    for scen in ("raw", "transactional", "multichannel"):
+        s = r[scen]
+        lines.append(
+            f"{scen:<14} {s['throughput_per_s']:>7}/s  p50 {s['latency_p50_ms']:>7} ms  "
+            f"p95 {s['latency_p95_ms']:>7} ms  p99 {s['latency_p99_ms']:>7} ms"
+            + (
+                f"  API p50 {s['api_p50_ms']} ms p99 {s['api_p99_ms']} ms"
+                if "api_p50_ms" in s
+                else ""
+            )
+        )
+    lines.append("")
+    lines.append(
+        "CPU ms per item: "
+        + "; ".join(
+            f"{scen}: " + ", ".join(f"{k} {v}" for k, v in r[scen]["cpu_ms_per_item"].items() if v)
+            for scen in ("raw", "transactional", "multichannel")
+        )
+    )
+    b = r["burst"]
+    lines.append(
+        f"burst {b['events']}: posted in {b['all_posted_s']} s, last delivered at "
+        f"{b['last_delivered_s']} s, lost {b['lost']}, duplicates {b['duplicates']}"
+    )
+    m = r["memory"]
+    lines.append(f"peak RSS: worker {m['worker_peak_rss_mb']} MB, API {m['api_peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def say(msg: str) -> None:
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+async def _main() -> int:
+    with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            await bench.start()
+            best = await bench.scenario_raw()
+            await bench.scenario_events("transactional", bench.tx_one, best)
+            await bench.scenario_events("multichannel", bench.multi_one, best)
+            await bench.scenario_burst()
+            bench.memory()
+        except Exception:
+            for proc in bench.procs.values():
+                tail = proc.log_path.read_text(errors="replace")[-2000:]
+                say(f"--- {proc.name} log tail ---\n{tail}")
+            raise
+        finally:
+            await bench.stop()
+    r = bench.results
+    r["ratios"] = ratios(r)
+    r["machine"] = {
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+    }
+    r["items_per_level"] = ITEMS_PER_LEVEL
+    r["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS.write_text(json.dumps(r, indent=2, default=str))
+    say(table(r))
+    say(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    return asyncio.run(_main())
