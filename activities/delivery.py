@@ -22,7 +22,7 @@ from core.flows import Step
 from core.preferences import decide
 from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
-from store.db import session_scope
+from store.db import read_scope, session_scope
 from store.deliveries import add_sandbox_message, is_final, load_context, transition
 from store.models import Delivery, Preference, Subscriber
 from store.subscribers import remove_push_tokens
@@ -128,9 +128,10 @@ class DeliveryActivities:
     def _prepare(
         self, inp: DeliverInput, channel: Channel, attempt: int
     ) -> DeliverResult | tuple[Message, str]:
-        """Decide skip / render in one read; outcomes are committed before anything is raised."""
+        """Read everything without the write lock; write only for a skip or a broken template."""
+        skip: str | None = None
         template_error: TemplateError | None = None
-        with session_scope(self.engine) as session:
+        with read_scope(self.engine) as session:
             ctx = load_context(session, inp.delivery_id)
             if ctx is None:
                 raise ApplicationError(f"delivery {inp.delivery_id} not found", non_retryable=True)
@@ -151,16 +152,18 @@ class DeliveryActivities:
                     skip = str(exc)
                 except TemplateError as exc:
                     template_error = exc
-                    transition(
-                        session,
-                        inp.delivery_id,
-                        DeliveryStatus.FAILED,
-                        detail=str(exc),
-                        attempts=attempt,
-                    )
+        with session_scope(self.engine) as session:
             if template_error is None:
-                row = transition(session, inp.delivery_id, DeliveryStatus.SKIPPED, detail=skip)
-                return _result(row)
+                return _result(
+                    transition(session, inp.delivery_id, DeliveryStatus.SKIPPED, detail=skip)
+                )
+            transition(
+                session,
+                inp.delivery_id,
+                DeliveryStatus.FAILED,
+                detail=str(template_error),
+                attempts=attempt,
+            )
         raise ApplicationError(str(template_error), type="TemplateError", non_retryable=True)
 
     @activity.defn(name="record_failure")

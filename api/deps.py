@@ -11,9 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from api.dispatch import Dispatcher
 from api.temporal import TemporalGateway
 from core.settings import Settings
-from store.db import session_scope
+from store.db import read_scope, session_scope
 from store.tenants import hash_key, tenant_for_key
 
 _bearer = HTTPBearer(auto_error=False, description="Herald API key")
@@ -32,8 +33,17 @@ def get_gateway(request: Request) -> TemporalGateway:
     return request.app.state.temporal
 
 
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
 def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
     with session_scope(engine) as session:
+        yield session
+
+
+def get_read_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
+    with read_scope(engine) as session:
         yield session
 
 
@@ -50,7 +60,7 @@ def get_tenant(
     now = time.monotonic()
     if hit is not None and hit[1] > now:
         return hit[0]
-    with session_scope(engine) as session:
+    with read_scope(engine) as session:
         tenant = tenant_for_key(session, creds.credentials)
     if tenant is None:
         raise _unauthorized("invalid API key")
@@ -65,10 +75,12 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GatewayDep = Annotated[TemporalGateway, Depends(get_gateway)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
 def field_error(loc: list[str | int], msg: str, type_: str = "value_error") -> HTTPException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,8 +14,9 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from api.deps import EngineDep, GatewayDep
+from api.dispatch import Dispatcher
 from api.routes import events, flows, sandbox, subscribers
-from api.temporal import TemporalGateway
+from api.temporal import TemporalGateway, TemporalUnavailableError
 from core.settings import Settings, get_settings
 from store.db import init_db, make_engine, session_scope
 from store.tenants import ensure_api_keys
@@ -31,13 +33,20 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         await run_in_threadpool(init_db, engine)
         with session_scope(engine) as session:
             ensure_api_keys(session, settings.api_key_map())
+        gateway = TemporalGateway(settings, client)
+        with contextlib.suppress(TemporalUnavailableError):
+            await gateway.client()  # learn now whether Temporal is there; 503s follow if not
+        dispatcher = Dispatcher(engine, gateway, settings)
+        await dispatcher.start()
         app.state.settings = settings
         app.state.engine = engine
-        app.state.temporal = TemporalGateway(settings, client)
+        app.state.temporal = gateway
+        app.state.dispatcher = dispatcher
         app.state.key_cache = {}
         try:
             yield
         finally:
+            await dispatcher.stop()
             engine.dispose()
 
     app = FastAPI(

@@ -22,6 +22,18 @@ class TemporalGateway:
         self._settings = settings
         self._client = client
         self._lock = asyncio.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        """What the last contact said; the API answers 503 while this is False."""
+        return self.last_error is None
+
+    def mark_unreachable(self, exc: BaseException) -> None:
+        self.last_error = str(exc) or type(exc).__name__
+
+    def mark_reachable(self) -> None:
+        self.last_error = None
 
     async def client(self) -> Client:
         if self._client is not None:
@@ -29,17 +41,25 @@ class TemporalGateway:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await asyncio.wait_for(connect(self._settings), timeout=5)
+                    self._client = await asyncio.wait_for(
+                        connect(self._settings),
+                        timeout=self._settings.temporal_connect_timeout_seconds,
+                    )
                 except Exception as exc:
                     log.warning(
                         "cannot reach Temporal at %s: %s", self._settings.temporal_target, exc
                     )
+                    self.mark_unreachable(exc)
                     raise TemporalUnavailableError(str(exc)) from exc
             return self._client
 
     async def healthy(self) -> bool:
         try:
             client = await self.client()
-            return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
-        except Exception:
+            ok = await asyncio.wait_for(client.service_client.check_health(), timeout=3)
+        except Exception as exc:
+            self.mark_unreachable(exc)
             return False
+        if ok:
+            self.mark_reachable()
+        return bool(ok)

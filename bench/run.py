@@ -42,6 +42,8 @@ SEQ = re.compile(r"bench (\d+)")
 RAW_CONCURRENCY = (8, 16, 32, 64)
 ITEMS_PER_LEVEL = int(os.environ.get("HERALD_BENCH_ITEMS", "300"))
 BURST_EVENTS = int(os.environ.get("HERALD_BENCH_BURST", "2000"))
+# How many POSTs the burst keeps in flight: a client with a connection pool of this size.
+BURST_CONCURRENCY = int(os.environ.get("HERALD_BENCH_BURST_CONCURRENCY", "16"))
 
 
 def free_port() -> int:
@@ -383,7 +385,7 @@ class Bench:
         seqs = [next(self.seq) for _ in range(BURST_EVENTS)]
         futures = [self.deliveries.wait(s, 1) for s in seqs]
         accept: list[float] = []
-        sem = asyncio.Semaphore(64)
+        sem = asyncio.Semaphore(BURST_CONCURRENCY)
         failures = 0
 
         async def post(seq: int) -> None:
@@ -406,6 +408,7 @@ class Bench:
         counts = [len(self.deliveries.seen[s]) for s in seqs]
         self.results["burst"] = {
             "events": BURST_EVENTS,
+            "poster_concurrency": BURST_CONCURRENCY,
             "rejected": failures,
             "api_accept_p50_ms": round(pct(accept, 50) * 1000, 1),
             "api_accept_p99_ms": round(pct(accept, 99) * 1000, 1),

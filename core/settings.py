@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     task_queue_prefix: str = "herald"
+    temporal_connect_timeout_seconds: float = Field(default=5.0, gt=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
     worker_max_concurrent_activities: int = Field(default=64, ge=1)
+    # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.
+    dispatch_sweep_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("webhook_secret")
     @classmethod

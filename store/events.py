@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -43,7 +45,6 @@ class RecipientSpec:
 @dataclass
 class PlannedNotification:
     notification: Notification
-    flow: Flow
     delivery_ids: list[str]
 
 
@@ -142,6 +143,14 @@ def _insert(
     deliveries: list[Delivery] = []
     history: list[DeliveryEvent] = []
     for flow in flows:
+        snapshot = {
+            "key": flow.key,
+            "event_type": flow.event_type,
+            "category": flow.category,
+            "critical": flow.critical,
+            "steps": flow.steps,
+            "version": flow.version,
+        }
         for subscriber_id in ids:
             notification = Notification(
                 id=new_id("ntf"),
@@ -150,6 +159,7 @@ def _insert(
                 flow_key=flow.key,
                 subscriber_id=subscriber_id,
                 workflow_id=notification_workflow_id(tenant_id, event.id, flow.key, subscriber_id),
+                flow=snapshot,
             )
             notifications.append(notification)
             delivery_ids = []
@@ -170,7 +180,7 @@ def _insert(
                         status=DeliveryStatus.PENDING.value,
                     )
                 )
-            accepted.notifications.append(PlannedNotification(notification, flow, delivery_ids))
+            accepted.notifications.append(PlannedNotification(notification, delivery_ids))
     # No ORM relationships, so flush parents before children for the foreign keys.
     for batch in (notifications, deliveries, history):
         session.add_all(batch)
@@ -190,33 +200,40 @@ def _load_by_key(
         raise IdempotencyConflictError(
             f"idempotency key {key!r} was already used with a different request"
         )
-    accepted = AcceptedEvent(event=event, created=False)
+    return _load_accepted(session, event, created=False)
+
+
+def _load_accepted(session: Session, event: Event, *, created: bool) -> AcceptedEvent:
+    accepted = AcceptedEvent(event=event, created=created)
     notifications = _notifications(session, event.id)
-    flows = {
-        f.key: f
-        for f in session.exec(
-            select(Flow).where(
-                Flow.tenant_id == tenant_id,
-                col(Flow.key).in_({n.flow_key for n in notifications}),
-            )
-        ).all()
-    }
     deliveries = _deliveries_by_notification(session, [n.id for n in notifications])
     for n in notifications:
-        flow = flows.get(n.flow_key)
-        if flow is None:  # deleted since; nothing left to dispatch for it
-            continue
         ids = [d.id for d in deliveries.get(n.id, [])]
-        accepted.notifications.append(PlannedNotification(n, flow, ids))
+        accepted.notifications.append(PlannedNotification(n, ids))
     return accepted
 
 
-def mark_dispatched(engine: Engine, event_id: str) -> None:
+def undispatched(engine: Engine, *, received_before: datetime, limit: int) -> list[AcceptedEvent]:
+    """Events stored but never handed to Temporal: a crash, an outage, or a full queue."""
     with session_scope(engine) as session:
-        event = session.get(Event, event_id)
-        if event is not None and event.dispatched_at is None:
-            event.dispatched_at = utcnow()
-            session.add(event)
+        events = session.exec(
+            select(Event)
+            .where(col(Event.dispatched_at).is_(None), Event.received_at < received_before)
+            .order_by(col(Event.received_at))
+            .limit(limit)
+        ).all()
+        return [_load_accepted(session, e, created=False) for e in events]
+
+
+def mark_dispatched(engine: Engine, event_ids: list[str]) -> None:
+    if not event_ids:
+        return
+    with session_scope(engine) as session:
+        session.execute(
+            update(Event)
+            .where(col(Event.id).in_(event_ids), col(Event.dispatched_at).is_(None))
+            .values(dispatched_at=utcnow())
+        )
 
 
 def _notifications(session: Session, event_id: str) -> list[Notification]:

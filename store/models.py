@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -218,6 +218,13 @@ class Event(EventBase, table=True):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_events_idempotency"),
         Index("ix_events_tenant_type_received", "tenant_id", "type", "received_at"),
+        # The dispatcher's sweep: only the few events not yet handed to Temporal.
+        Index(
+            "ix_events_undispatched",
+            "received_at",
+            postgresql_where=text("dispatched_at IS NULL"),
+            sqlite_where=text("dispatched_at IS NULL"),
+        ),
     )
     id: str = Field(primary_key=True, max_length=64)
     tenant_id: str = Field(max_length=64)
@@ -239,6 +246,8 @@ class Notification(SQLModel, table=True):
     flow_key: str = Field(max_length=128)
     subscriber_id: str = Field(max_length=128)
     workflow_id: str = Field(unique=True, max_length=512)
+    # The flow as it was when the event was accepted; a re-dispatch runs exactly this.
+    flow: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     created_at: datetime = _ts()
 
 

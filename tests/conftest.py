@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 from temporalio.client import Client
@@ -106,6 +107,9 @@ def make_settings(
         "task_queue_prefix": unique("tq"),
         "api_keys": f"{key}:{tenant}",
         "worker_max_concurrent_activities": 16,
+        # The database is shared by every test: no background sweep may dispatch
+        # another test's deliberately undispatched events. Outbox tests sweep explicitly.
+        "dispatch_sweep_seconds": 0,
     }
     values.update(overrides)
     return Settings(**values), key, tenant
@@ -122,6 +126,7 @@ class Herald:
     tenant: str
     api_key: str
     stack: AsyncExitStack
+    app: FastAPI
 
     async def serve(self, queues: Sequence[str]) -> None:
         """Start workers for more queues, e.g. a channel that was left unserved."""
@@ -142,9 +147,21 @@ class Herald:
         assert r.status_code == 202, r.text
         return r.json()
 
+    async def wait_dispatched(self, event_id: str, within: float = 20.0) -> dict[str, Any]:
+        """Dispatch happens off the request path: wait until the event is marked handed over."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            r = await self.http.get(f"/v1/events/{event_id}")
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            if body["dispatched_at"] is not None:
+                return body
+            assert asyncio.get_running_loop().time() < deadline, f"{event_id} not dispatched"
+            await asyncio.sleep(0.05)
+
     async def wait_event(self, event_id: str, within: float = 20.0) -> dict[str, Any]:
         """Wait until every notification's workflow finished, then read the event back."""
-        body = (await self.http.get(f"/v1/events/{event_id}")).json()
+        body = await self.wait_dispatched(event_id, within)
         for n in body["notifications"]:
             handle = self.client.get_workflow_handle(n["workflow_id"])
             await asyncio.wait_for(handle.result(), within)
@@ -186,7 +203,7 @@ async def start_herald(
             headers={"Authorization": f"Bearer {key}"},
         )
     )
-    return Herald(http, settings, env.client, engine, tenant, key, stack)
+    return Herald(http, settings, env.client, engine, tenant, key, stack, app)
 
 
 HeraldFactory = Callable[..., Awaitable[Herald]]

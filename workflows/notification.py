@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -23,32 +22,14 @@ with workflow.unsafe.imports_passed_through():
         RECORD_RETRY,
         RECORD_TIMEOUT,
     )
-    from core.flows import FlowDefinition
     from core.types import Channel, DeliveryStatus, NotificationStatus
+    from workflows.types import NotificationInput, NotificationResult
 
 SA_TENANT = SearchAttributeKey.for_keyword("HeraldTenant")
 SA_EVENT_TYPE = SearchAttributeKey.for_keyword("HeraldEventType")
 SA_FLOW = SearchAttributeKey.for_keyword("HeraldFlow")
 SA_SUBSCRIBER = SearchAttributeKey.for_keyword("HeraldSubscriber")
 SA_STATUS = SearchAttributeKey.for_keyword("HeraldStatus")
-
-
-class NotificationInput(BaseModel):
-    """Ids plus a snapshot of the flow, so editing a flow never changes a running one."""
-
-    tenant_id: str
-    notification_id: str
-    event_id: str
-    event_type: str
-    subscriber_id: str
-    flow: FlowDefinition
-    delivery_ids: list[str]
-    channel_queues: dict[Channel, str]
-
-
-class NotificationResult(BaseModel):
-    status: NotificationStatus
-    deliveries: list[DeliverResult]
 
 
 def identifying_attributes(inp: NotificationInput) -> list[SearchAttributePair[str]]:
@@ -58,7 +39,7 @@ def identifying_attributes(inp: NotificationInput) -> list[SearchAttributePair[s
         SearchAttributePair(SA_EVENT_TYPE, inp.event_type),
         SearchAttributePair(SA_FLOW, inp.flow.key),
         SearchAttributePair(SA_SUBSCRIBER, inp.subscriber_id),
-        SearchAttributePair(SA_STATUS, NotificationStatus.PENDING.value),
+        SearchAttributePair(SA_STATUS, NotificationStatus.RUNNING.value),
     ]
 
 
@@ -79,11 +60,11 @@ def overall_status(results: list[DeliverResult]) -> NotificationStatus:
 @workflow.defn(name="NotificationWorkflow")
 class NotificationWorkflow:
     def __init__(self) -> None:
-        self._status = NotificationStatus.PENDING
+        # Started with HeraldStatus=running (see identifying_attributes): no upsert needed yet.
+        self._status = NotificationStatus.RUNNING
 
     @workflow.run
     async def run(self, inp: NotificationInput) -> NotificationResult:
-        self._set_status(NotificationStatus.RUNNING)
         workflow.set_current_details(f"sending: {summary(inp)}")
         # Steps with no control step between them are independent sends: run them together.
         results = await asyncio.gather(

@@ -6,7 +6,15 @@ from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.deps import EngineDep, GatewayDep, SessionDep, SettingsDep, TenantDep, field_error
+from api.deps import (
+    DispatcherDep,
+    EngineDep,
+    GatewayDep,
+    ReadSessionDep,
+    SettingsDep,
+    TenantDep,
+    field_error,
+)
 from api.dispatch import dispatch
 from api.temporal import TemporalUnavailableError
 from store import events as q
@@ -39,6 +47,7 @@ async def publish_event(
     engine: EngineDep,
     settings: SettingsDep,
     gateway: GatewayDep,
+    dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
     """Store the event and start one notification per matching flow and recipient."""
@@ -77,18 +86,24 @@ async def publish_event(
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
     if accepted.created or accepted.event.dispatched_at is None:
-        try:
-            await dispatch(gateway, settings, accepted)
-        except TemporalUnavailableError as exc:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail={
-                    "message": "event stored but not dispatched: Temporal is unreachable; "
-                    "retry with the same Idempotency-Key to dispatch it",
-                    "event_id": accepted.event.id,
-                },
-            ) from exc
-        await run_in_threadpool(q.mark_dispatched, engine, accepted.event.id)
+        if gateway.reachable:
+            # Stored and committed: durable now. Temporal gets it off the request path.
+            dispatcher.submit(accepted)
+        else:
+            # Known outage: try inline so a recovered Temporal is noticed at once.
+            try:
+                await dispatch(gateway, settings, accepted)
+            except TemporalUnavailableError as exc:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail={
+                        "message": "event stored but not dispatched: Temporal is unreachable. "
+                        "Herald dispatches it once Temporal is back; retrying with the same "
+                        "Idempotency-Key is safe",
+                        "event_id": accepted.event.id,
+                    },
+                ) from exc
+            dispatcher.record_dispatched(accepted.event.id)
 
     result = EventAccepted(
         id=accepted.event.id,
@@ -109,7 +124,7 @@ async def publish_event(
 
 
 @router.get("/{event_id}", response_model=EventPublic)
-def get_event(event_id: str, session: SessionDep, tenant: TenantDep) -> EventPublic:
+def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> EventPublic:
     detail = q.get_event_detail(session, tenant, event_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
-from api.deps import SessionDep, TenantDep
+from api.deps import ReadSessionDep, SessionDep, TenantDep
 from core.flows import FLOW_KEY_PATTERN
 from store import flows as q
 from store.models import FlowCreate, FlowPublic
@@ -21,14 +21,14 @@ def put_flow(key: FlowKey, body: FlowCreate, session: SessionDep, tenant: Tenant
 
 
 @router.get("", response_model=list[FlowPublic])
-def list_flows(session: SessionDep, tenant: TenantDep) -> list[FlowPublic]:
+def list_flows(session: ReadSessionDep, tenant: TenantDep) -> list[FlowPublic]:
     return [
         FlowPublic.model_validate(r, from_attributes=True) for r in q.list_flows(session, tenant)
     ]
 
 
 @router.get("/{key}", response_model=FlowPublic)
-def get_flow(key: FlowKey, session: SessionDep, tenant: TenantDep) -> FlowPublic:
+def get_flow(key: FlowKey, session: ReadSessionDep, tenant: TenantDep) -> FlowPublic:
     row = q.get_flow(session, tenant, key)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"flow {key!r} not found")

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.deps import SessionDep, TenantDep
+from api.deps import ReadSessionDep, TenantDep
 from core.types import Channel
 from store.deliveries import list_sandbox_messages
 from store.models import SandboxMessagePublic
@@ -19,7 +19,7 @@ class SandboxMessages(BaseModel):
 
 @router.get("/messages", response_model=SandboxMessages)
 def list_messages(
-    session: SessionDep,
+    session: ReadSessionDep,
     tenant: TenantDep,
     channel: Channel | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -3,8 +3,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
+from sqlmodel import Session
 
-from api.deps import SessionDep, TenantDep
+from api.deps import ReadSessionDep, SessionDep, TenantDep
 from store import subscribers as q
 from store.models import (
     SUBSCRIBER_ID_PATTERN,
@@ -29,7 +30,7 @@ def put_subscriber(
 
 @router.get("/{subscriber_id}", response_model=SubscriberPublic)
 def get_subscriber(
-    subscriber_id: SubscriberId, session: SessionDep, tenant: TenantDep
+    subscriber_id: SubscriberId, session: ReadSessionDep, tenant: TenantDep
 ) -> SubscriberPublic:
     row = q.get_subscriber(session, tenant, subscriber_id)
     if row is None:
@@ -49,7 +50,7 @@ def put_preferences(
 
 @router.get("/{subscriber_id}/preferences", response_model=PreferencePublic)
 def get_preferences(
-    subscriber_id: SubscriberId, session: SessionDep, tenant: TenantDep
+    subscriber_id: SubscriberId, session: ReadSessionDep, tenant: TenantDep
 ) -> PreferencePublic:
     _require(session, tenant, subscriber_id)
     row = q.get_preferences(session, tenant, subscriber_id)
@@ -58,6 +59,6 @@ def get_preferences(
     return PreferencePublic.model_validate(row, from_attributes=True)
 
 
-def _require(session: SessionDep, tenant: str, subscriber_id: str) -> None:
+def _require(session: Session, tenant: str, subscriber_id: str) -> None:
     if q.get_subscriber(session, tenant, subscriber_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"subscriber {subscriber_id!r} not found")

@@ -1,0 +1,32 @@
+"""Workflow inputs and results.
+
+Kept out of the workflow module: the sandbox re-imports that module for every
+workflow instance, and building pydantic classes each time is costly; this
+module is imported passed-through, once per process.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from activities.delivery import DeliverResult
+from core.flows import FlowDefinition
+from core.types import Channel, NotificationStatus
+
+
+class NotificationInput(BaseModel):
+    """Ids plus a snapshot of the flow, so editing a flow never changes a running one."""
+
+    tenant_id: str
+    notification_id: str
+    event_id: str
+    event_type: str
+    subscriber_id: str
+    flow: FlowDefinition
+    delivery_ids: list[str]
+    channel_queues: dict[Channel, str]
+
+
+class NotificationResult(BaseModel):
+    status: NotificationStatus
+    deliveries: list[DeliverResult]
