@@ -16,6 +16,9 @@ with workflow.unsafe.imports_passed_through():
 class RawInput:
     url: str
     seq: int
+    # Run the activity on another task queue, as Herald's per-channel queues do; this
+    # rules out eager activity dispatch, so it is the ceiling for that design.
+    activity_queue: str | None = None
 
 
 _http: httpx.AsyncClient | None = None
@@ -37,6 +40,7 @@ class RawWorkflow:
         await workflow.execute_activity(
             raw_post,
             inp,
+            task_queue=inp.activity_queue,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=5),
         )

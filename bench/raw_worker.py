@@ -25,11 +25,17 @@ async def _serve(address: str, task_queue: str) -> None:
         activities=[raw_post],
         max_concurrent_activities=64,
     )
+    split = Worker(
+        client,
+        task_queue=f"{task_queue}-activities",
+        activities=[raw_post],
+        max_concurrent_activities=64,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with worker, split:
         await stop.wait()
 
 
