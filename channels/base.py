@@ -7,7 +7,7 @@ Adapters know nothing of Temporal: they raise ``TransientProviderError`` or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from core.types import Channel
 
@@ -91,6 +91,27 @@ class TransientProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     """Retrying cannot help: bad address, rejected credentials, 4xx."""
+
+
+C = TypeVar("C", EmailContent, SmsContent, PushContent, WebhookContent)
+
+
+def unpack(message: Message, kind: type[C], *, provider: str, one_recipient: bool = True) -> C:
+    """The content an adapter expects, or a permanent error: a wrong shape never improves."""
+    content = message.content
+    if not isinstance(content, kind):
+        raise PermanentProviderError(
+            f"expected {kind.__name__}, got {type(content).__name__}",
+            provider=provider,
+            code="bad_content",
+        )
+    if one_recipient and len(message.to) != 1:
+        raise PermanentProviderError(
+            f"expected exactly one recipient, got {len(message.to)}",
+            provider=provider,
+            code="bad_recipient",
+        )
+    return content
 
 
 class ChannelAdapter(Protocol):

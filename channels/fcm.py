@@ -17,6 +17,7 @@ from channels.base import (
     SendResult,
     TransientProviderError,
     parse_retry_after,
+    unpack,
 )
 from core.settings import Settings
 from core.types import Channel
@@ -88,13 +89,7 @@ class FcmAdapter:
         firebase_admin.delete_app(self._app)
 
     def send(self, message: Message) -> SendResult:
-        content = message.content
-        if not isinstance(content, PushContent):
-            raise PermanentProviderError(
-                f"expected PushContent, got {type(content).__name__}",
-                provider=PROVIDER,
-                code="bad_content",
-            )
+        content = unpack(message, PushContent, provider=PROVIDER, one_recipient=False)
         tokens = list(dict.fromkeys(message.to))  # de-duplicated, order kept
         if not tokens:
             raise PermanentProviderError("no push tokens", provider=PROVIDER, code="no_tokens")

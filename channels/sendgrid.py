@@ -20,6 +20,7 @@ from channels.base import (
     SendResult,
     TransientProviderError,
     parse_retry_after,
+    unpack,
 )
 from core.settings import Settings
 from core.types import Channel
@@ -51,19 +52,7 @@ class SendGridAdapter:
 
     def build_mail(self, message: Message) -> dict[str, Any]:
         """The v3 request body (exposed so tests can inspect it)."""
-        content = message.content
-        if not isinstance(content, EmailContent):
-            raise PermanentProviderError(
-                f"expected EmailContent, got {type(content).__name__}",
-                provider=PROVIDER,
-                code="bad_content",
-            )
-        if len(message.to) != 1:
-            raise PermanentProviderError(
-                f"expected exactly one recipient, got {len(message.to)}",
-                provider=PROVIDER,
-                code="bad_recipient",
-            )
+        content = unpack(message, EmailContent, provider=PROVIDER)
         mail = Mail(from_email=self._from, to_emails=To(message.to[0]))
         mail.subject = Subject(content.subject)
         mail.add_content(Content(MimeType.text, content.text))

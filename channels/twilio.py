@@ -20,6 +20,7 @@ from channels.base import (
     SmsContent,
     TransientProviderError,
     parse_retry_after,
+    unpack,
 )
 from core.settings import Settings
 from core.types import Channel
@@ -83,19 +84,7 @@ class TwilioAdapter:
         self._client.api.base_url = settings.twilio_base_url.rstrip("/")
 
     def send(self, message: Message) -> SendResult:
-        content = message.content
-        if not isinstance(content, SmsContent):
-            raise PermanentProviderError(
-                f"expected SmsContent, got {type(content).__name__}",
-                provider=PROVIDER,
-                code="bad_content",
-            )
-        if len(message.to) != 1:
-            raise PermanentProviderError(
-                f"expected exactly one recipient, got {len(message.to)}",
-                provider=PROVIDER,
-                code="bad_recipient",
-            )
+        content = unpack(message, SmsContent, provider=PROVIDER)
         try:
             created = self._client.messages.create(
                 to=message.to[0], from_=self._from, body=content.text

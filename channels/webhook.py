@@ -18,6 +18,7 @@ from channels.base import (
     TransientProviderError,
     WebhookContent,
     parse_retry_after,
+    unpack,
 )
 from core.settings import Settings
 from core.types import Channel
@@ -59,19 +60,7 @@ class WebhookAdapter:
         self._client.close()
 
     def send(self, message: Message) -> SendResult:
-        content = message.content
-        if not isinstance(content, WebhookContent):
-            raise PermanentProviderError(
-                f"expected WebhookContent, got {type(content).__name__}",
-                provider=PROVIDER,
-                code="bad_content",
-            )
-        if len(message.to) != 1:
-            raise PermanentProviderError(
-                f"expected exactly one URL, got {len(message.to)}",
-                provider=PROVIDER,
-                code="bad_recipient",
-            )
+        content = unpack(message, WebhookContent, provider=PROVIDER)
         url = message.to[0]
         body = encode_body(content.payload)
         timestamp = int(time.time())
