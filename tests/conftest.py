@@ -31,6 +31,7 @@ from api.main import create_app
 from core.settings import Settings
 from core.types import SEARCH_ATTRIBUTES
 from store.db import init_db, make_engine
+from store.events import AcceptedEvent, RecipientSpec, accept_event
 from tests.fakes.provider import FakeProvider
 from workflows.runtime import ALL_QUEUES, build_workers
 
@@ -95,15 +96,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def make_settings(
-    database_url: str, temporal_target: str, **overrides: Any
-) -> tuple[Settings, str, str]:
+def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, str, str]:
     tenant = unique("tenant")
     key = unique("key")
     values: dict[str, Any] = {
         "env": "test",
         "database_url": database_url,
-        "temporal_address": temporal_target,
         "task_queue_prefix": unique("tq"),
         "api_keys": f"{key}:{tenant}",
         "worker_max_concurrent_activities": 16,
@@ -189,12 +187,14 @@ async def start_herald(
     engine: Engine,
     database_url: str,
     queues: Sequence[str] = ALL_QUEUES,
+    api_connects_itself: bool = False,
     **overrides: Any,
 ) -> Herald:
-    target = env.client.service_client.config.target_host
-    settings, key, tenant = make_settings(database_url, target, **overrides)
+    overrides.setdefault("temporal_address", env.client.service_client.config.target_host)
+    settings, key, tenant = make_settings(database_url, **overrides)
     await start_workers(stack, env.client, settings, engine, queues)
-    app = create_app(settings, client=env.client)
+    # Outage tests give the API its own address and let it connect by itself.
+    app = create_app(settings, client=None if api_connects_itself else env.client)
     await stack.enter_async_context(app.router.lifespan_context(app))
     http = await stack.enter_async_context(
         httpx.AsyncClient(
@@ -204,6 +204,20 @@ async def start_herald(
         )
     )
     return Herald(http, settings, env.client, engine, tenant, key, stack, app)
+
+
+def store_undispatched(herald: Herald, event_type: str, subscriber_id: str) -> AcceptedEvent:
+    """Store an event exactly as the API does, as if the process died before dispatching."""
+    return accept_event(
+        herald.engine,
+        herald.tenant,
+        type=event_type,
+        data={},
+        actor=None,
+        recipients=[RecipientSpec(subscriber_id)],
+        idempotency_key=None,
+        request_fingerprint="x",
+    )
 
 
 HeraldFactory = Callable[..., Awaitable[Herald]]
@@ -221,12 +235,21 @@ async def herald_factory(
     async with AsyncExitStack() as stack:
 
         async def factory(
-            queues: Sequence[str] = ALL_QUEUES, providers: bool = True, **overrides: Any
+            queues: Sequence[str] = ALL_QUEUES,
+            providers: bool = True,
+            api_connects_itself: bool = False,
+            **overrides: Any,
         ) -> Herald:
             if providers:
                 overrides = {**fresh_provider.settings_overrides(tmp_path), **overrides}
             return await start_herald(
-                stack, temporal_env, engine, database_url, queues, **overrides
+                stack,
+                temporal_env,
+                engine,
+                database_url,
+                queues,
+                api_connects_itself,
+                **overrides,
             )
 
         yield factory

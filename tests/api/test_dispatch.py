@@ -6,20 +6,14 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import timedelta
-from pathlib import Path
 
-import httpx
 import pytest
-from sqlalchemy.engine import Engine
 from temporalio.testing import WorkflowEnvironment
 
 from api.dispatch import Dispatcher
-from api.main import create_app
 from api.temporal import TemporalGateway
-from store.events import RecipientSpec, accept_event
-from tests.conftest import Herald, make_settings, start_workers, unique
+from tests.conftest import Herald, HeraldFactory, store_undispatched, unique
 from tests.fakes.provider import FakeProvider
 
 EMAIL_STEP = {"channel": "email", "subject": "Hi", "text": "Hello"}
@@ -67,33 +61,16 @@ class Proxy:
 
 @pytest.fixture
 async def proxied(
-    temporal_env: WorkflowEnvironment,
-    engine: Engine,
-    database_url: str,
-    fresh_provider: FakeProvider,
-    tmp_path: Path,
+    temporal_env: WorkflowEnvironment, herald_factory: HeraldFactory
 ) -> AsyncIterator[tuple[Herald, Proxy]]:
     proxy = Proxy(temporal_env.client.service_client.config.target_host)
-    settings, key, tenant = make_settings(
-        database_url,
-        f"127.0.0.1:{proxy.port}",
+    herald = await herald_factory(
+        temporal_address=f"127.0.0.1:{proxy.port}",  # the proxy is down: so is Temporal
         temporal_connect_timeout_seconds=1,
-        **fresh_provider.settings_overrides(tmp_path),
+        api_connects_itself=True,
     )
-    async with AsyncExitStack() as stack:
-        await start_workers(stack, temporal_env.client, settings, engine)
-        app = create_app(settings)  # connects through the proxy, which is down
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://herald.test",
-                headers={"Authorization": f"Bearer {key}"},
-            )
-        )
-        herald = Herald(http, settings, temporal_env.client, engine, tenant, key, stack, app)
-        yield herald, proxy
-        await proxy.down()
+    yield herald, proxy
+    await proxy.down()
 
 
 async def test_outage_answers_503_keeps_the_event_and_sends_it_when_back(
@@ -135,17 +112,7 @@ async def test_sweep_dispatches_events_a_crash_left_behind(
     email = f"{sub}@example.com"
     await herald.put_subscriber(sub, email=email, phone="+14155550100")
     await herald.put_flow("welcome", event_type="user.signup", steps=[EMAIL_STEP])
-    # Stored exactly as the API stores it, but the process "died" before dispatching.
-    orphan = accept_event(
-        herald.engine,
-        herald.tenant,
-        type="user.signup",
-        data={},
-        actor=None,
-        recipients=[RecipientSpec(sub)],
-        idempotency_key=None,
-        request_fingerprint="x",
-    )
+    orphan = store_undispatched(herald, "user.signup", sub)
     # The flow is edited afterwards: the orphan still runs the flow it was accepted with.
     await herald.put_flow(
         "welcome",

@@ -9,8 +9,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from api.dispatch import dispatch
 from api.temporal import TemporalGateway
-from store.events import RecipientSpec, accept_event
-from tests.conftest import Herald, unique
+from tests.conftest import Herald, store_undispatched, unique
 from tests.fakes.provider import FakeProvider, sendgrid_error_body, twilio_error_body
 
 EMAIL_STEP = {"channel": "email", "subject": "Hi", "text": "Hello"}
@@ -96,16 +95,7 @@ async def test_repeated_dispatch_of_the_same_event_is_a_no_op(
     sub = unique("u")
     await herald.put_subscriber(sub, email="a@example.com")
     await herald.put_flow("welcome", event_type="user.signup", steps=[EMAIL_STEP])
-    accepted = accept_event(
-        herald.engine,
-        herald.tenant,
-        type="user.signup",
-        data={},
-        actor=None,
-        recipients=[RecipientSpec(sub)],
-        idempotency_key=None,
-        request_fingerprint="x",
-    )
+    accepted = store_undispatched(herald, "user.signup", sub)
     gateway = TemporalGateway(herald.settings, herald.client)
     await asyncio.gather(*(dispatch(gateway, herald.settings, accepted) for _ in range(3)))
     (planned,) = accepted.notifications
