@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import and_, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from core.types import TERMINAL_DELIVERY_STATUSES, DeliveryStatus, new_id
@@ -30,22 +32,32 @@ class DeliveryContext:
 
 
 def load_context(session: Session, delivery_id: str) -> DeliveryContext | None:
-    """Everything one send needs, read fresh so preferences apply as of now."""
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None:
-        return None
-    notification = session.get(Notification, delivery.notification_id)
-    assert notification is not None  # FK
-    event = session.get(Event, notification.event_id)
-    assert event is not None  # FK
-    key = (delivery.tenant_id, notification.subscriber_id)
-    return DeliveryContext(
-        delivery=delivery,
-        notification=notification,
-        event=event,
-        subscriber=session.get(Subscriber, key),
-        preference=session.get(Preference, key),
+    """Everything one send needs, in one query, read fresh so preferences apply as of now."""
+    stmt = (
+        sa_select(Delivery, Notification, Event, Subscriber, Preference)
+        .join(Notification, col(Notification.id) == Delivery.notification_id)
+        .join(Event, col(Event.id) == Notification.event_id)
+        .outerjoin(
+            Subscriber,
+            and_(
+                col(Subscriber.tenant_id) == Delivery.tenant_id,
+                col(Subscriber.id) == Notification.subscriber_id,
+            ),
+        )
+        .outerjoin(
+            Preference,
+            and_(
+                col(Preference.tenant_id) == Delivery.tenant_id,
+                col(Preference.subscriber_id) == Notification.subscriber_id,
+            ),
+        )
+        .where(col(Delivery.id) == delivery_id)
     )
+    row = session.execute(stmt).first()
+    if row is None:
+        return None
+    delivery, notification, event, subscriber, preference = row
+    return DeliveryContext(delivery, notification, event, subscriber, preference)
 
 
 def is_final(delivery: Delivery) -> bool:
@@ -62,21 +74,27 @@ def transition(
 ) -> Delivery:
     """Move a delivery to ``status`` unless it already reached a final one.
 
-    Final states are sticky so a late duplicate (a retried activity, a second
-    failure record) can never turn ``sent`` back into ``failed``.
+    Final states are sticky, and the guard is in the UPDATE itself, so a late
+    duplicate (a retried activity, a second failure record) can never turn
+    ``sent`` back into ``failed``, even when two race.
     """
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None:
-        raise LookupError(f"delivery {delivery_id} does not exist")
-    if is_final(delivery):
-        return delivery
-    for name, value in fields.items():
-        setattr(delivery, name, value)
+    values: dict[str, Any] = {**fields, "status": status.value, "updated_at": utcnow()}
     if detail is not None:
-        delivery.reason = detail[:2000]
-    delivery.status = status.value
-    delivery.updated_at = utcnow()
-    session.add(delivery)
+        values["reason"] = detail[:2000]
+    final = [s.value for s in TERMINAL_DELIVERY_STATUSES]
+    stmt = (
+        update(Delivery)
+        .where(col(Delivery.id) == delivery_id, col(Delivery.status).not_in(final))
+        .values(**values)
+        .returning(Delivery)
+        .execution_options(synchronize_session=False)
+    )
+    delivery = session.execute(stmt).scalars().first()
+    if delivery is None:
+        current = session.get(Delivery, delivery_id)
+        if current is None:
+            raise LookupError(f"delivery {delivery_id} does not exist")
+        return current
     session.add(
         DeliveryEvent(
             tenant_id=delivery.tenant_id,
