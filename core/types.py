@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -34,6 +35,19 @@ class NotificationStatus(StrEnum):
     SENT = "sent"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+def outcome(statuses: Iterable[DeliveryStatus]) -> NotificationStatus:
+    """A finished notification's status: any failure wins, then any send, else skipped.
+
+    The workflow reports it as ``HeraldStatus``; the API derives it from the rows.
+    """
+    seen = set(statuses)
+    if DeliveryStatus.FAILED in seen:
+        return NotificationStatus.FAILED
+    if seen & {DeliveryStatus.SENT, DeliveryStatus.DELIVERED}:
+        return NotificationStatus.SENT
+    return NotificationStatus.SKIPPED
 
 
 # Registered on the dev server (`make run`, tests) and on production namespaces.

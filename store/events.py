@@ -19,6 +19,7 @@ from core.types import (
     NotificationStatus,
     new_id,
     notification_workflow_id,
+    outcome,
 )
 from store.db import session_scope
 from store.models import Delivery, DeliveryEvent, Event, Flow, Notification, utcnow
@@ -265,11 +266,7 @@ def notification_status(deliveries: list[Delivery], dispatched: bool) -> Notific
     statuses = {DeliveryStatus(d.status) for d in deliveries}
     if not statuses.issubset(TERMINAL_DELIVERY_STATUSES):
         return NotificationStatus.RUNNING if dispatched else NotificationStatus.PENDING
-    if DeliveryStatus.FAILED in statuses:
-        return NotificationStatus.FAILED
-    if statuses & {DeliveryStatus.SENT, DeliveryStatus.DELIVERED}:
-        return NotificationStatus.SENT
-    return NotificationStatus.SKIPPED
+    return outcome(statuses)
 
 
 @dataclass

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
         RECORD_RETRY,
         RECORD_TIMEOUT,
     )
-    from core.types import Channel, DeliveryStatus, NotificationStatus
+    from core.types import Channel, NotificationStatus, outcome
     from workflows.types import NotificationInput, NotificationResult
 
 SA_TENANT = SearchAttributeKey.for_keyword("HeraldTenant")
@@ -48,15 +48,6 @@ def summary(inp: NotificationInput) -> str:
     return f"{inp.event_type} → {inp.flow.key} → {inp.subscriber_id} ({channels})"
 
 
-def overall_status(results: list[DeliverResult]) -> NotificationStatus:
-    statuses = {r.status for r in results}
-    if DeliveryStatus.FAILED in statuses:
-        return NotificationStatus.FAILED
-    if statuses & {DeliveryStatus.SENT, DeliveryStatus.DELIVERED}:
-        return NotificationStatus.SENT
-    return NotificationStatus.SKIPPED
-
-
 @workflow.defn(name="NotificationWorkflow")
 class NotificationWorkflow:
     def __init__(self) -> None:
@@ -70,7 +61,7 @@ class NotificationWorkflow:
         results = await asyncio.gather(
             *(self._send(inp, i, delivery_id) for i, delivery_id in enumerate(inp.delivery_ids))
         )
-        final = overall_status(list(results))
+        final = outcome(r.status for r in results)
         self._set_status(final)
         workflow.set_current_details("\n".join(_line(r) for r in results))
         return NotificationResult(status=final, deliveries=list(results))

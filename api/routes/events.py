@@ -70,7 +70,9 @@ async def publish_event(
             ),
         )
     except q.UnknownSubscribersError as exc:
-        index = {r.id: i for i, r in enumerate(recipients)}
+        index: dict[str, int] = {}
+        for i, item in enumerate(body.to):  # positions in the request, duplicates included
+            index.setdefault(item.id if isinstance(item, InlineSubscriber) else item, i)
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=[
