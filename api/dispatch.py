@@ -46,6 +46,7 @@ def workflow_input(
         flow=FlowDefinition.model_validate(n.flow),
         delivery_ids=planned.delivery_ids,
         channel_queues={c: settings.channel_task_queue(c) for c in Channel},
+        retry={c: settings.retry_for(c) for c in Channel},
     )
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.retry import RetryOverride
 from core.templates import check_template, check_tree
 from core.types import Channel
 
@@ -20,6 +21,10 @@ EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    retry: RetryOverride | None = Field(
+        default=None, description="Overrides the channel's default retry policy"
+    )
 
 
 class EmailStep(_Step):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.retry import RetrySpec
 from core.types import Channel
 
 # A fixed dev secret keeps signatures reproducible locally; production refuses it.
@@ -46,6 +48,30 @@ class Settings(BaseSettings):
     fcm_base_url: str = "https://fcm.googleapis.com"
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Per-channel retry defaults, e.g. HERALD_RETRY_SMS='{"maximum_attempts": 5}'.
+    retry_email: RetrySpec = RetrySpec(maximum_interval=timedelta(minutes=5), maximum_attempts=10)
+    retry_sms: RetrySpec = RetrySpec(
+        maximum_interval=timedelta(minutes=2),
+        maximum_attempts=8,
+        schedule_to_close=timedelta(minutes=30),
+    )
+    retry_push: RetrySpec = RetrySpec(
+        maximum_interval=timedelta(minutes=2),
+        maximum_attempts=8,
+        schedule_to_close=timedelta(minutes=30),
+    )
+    retry_webhook: RetrySpec = RetrySpec(
+        initial_interval=timedelta(seconds=2),
+        maximum_interval=timedelta(minutes=10),
+        maximum_attempts=12,
+        schedule_to_close=timedelta(hours=2),
+    )
+    # Sends per second per channel, across every worker process (task-queue wide).
+    rate_limit_email: float | None = Field(default=None, gt=0)
+    rate_limit_sms: float | None = Field(default=None, gt=0)
+    rate_limit_push: float | None = Field(default=None, gt=0)
+    rate_limit_webhook: float | None = Field(default=None, gt=0)
 
     worker_max_concurrent_activities: int = Field(default=64, ge=1)
     # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.
@@ -96,6 +122,14 @@ class Settings(BaseSettings):
 
     def channel_task_queue(self, channel: Channel) -> str:
         return f"{self.task_queue_prefix}-{channel.value}"
+
+    def retry_for(self, channel: Channel) -> RetrySpec:
+        spec: RetrySpec = getattr(self, f"retry_{channel.value}")
+        return spec
+
+    def rate_limit_for(self, channel: Channel) -> float | None:
+        limit: float | None = getattr(self, f"rate_limit_{channel.value}")
+        return limit
 
 
 @lru_cache

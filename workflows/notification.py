@@ -16,11 +16,10 @@ with workflow.unsafe.imports_passed_through():
         RecordFailureInput,
     )
     from activities.policies import (
-        CHANNEL_DEADLINE,
-        CHANNEL_RETRY,
         DELIVERY_ATTEMPT_TIMEOUT,
         RECORD_RETRY,
         RECORD_TIMEOUT,
+        delivery_retry,
     )
     from core.types import Channel, NotificationStatus, outcome
     from workflows.types import NotificationInput, NotificationResult
@@ -77,6 +76,7 @@ class NotificationWorkflow:
     async def _send(self, inp: NotificationInput, index: int, delivery_id: str) -> DeliverResult:
         step = inp.flow.steps[index]
         channel = Channel(step.channel)
+        policy = inp.retry[channel].merged(step.retry)
         try:
             return await workflow.execute_activity_method(
                 DeliveryActivities.deliver,
@@ -89,8 +89,8 @@ class NotificationWorkflow:
                 ),
                 task_queue=inp.channel_queues[channel],
                 start_to_close_timeout=DELIVERY_ATTEMPT_TIMEOUT,
-                schedule_to_close_timeout=CHANNEL_DEADLINE[channel],
-                retry_policy=CHANNEL_RETRY[channel],
+                schedule_to_close_timeout=policy.schedule_to_close,
+                retry_policy=delivery_retry(policy),
                 summary=f"step {index + 1}: {channel.value}",
             )
         except ActivityError as err:

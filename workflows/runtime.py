@@ -65,6 +65,9 @@ def build_workers(
                     activities=[acts.deliver],
                     activity_executor=executor,
                     max_concurrent_activities=per_queue,
+                    # Enforced by the server for the whole queue, so it holds across
+                    # every worker process serving this channel.
+                    max_task_queue_activities_per_second=settings.rate_limit_for(Channel(queue)),
                 )
             )
     return workers, executor

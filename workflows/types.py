@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from activities.delivery import DeliverResult
 from core.flows import FlowDefinition
+from core.retry import RetrySpec
 from core.types import Channel, NotificationStatus
 
 
@@ -25,6 +26,8 @@ class NotificationInput(BaseModel):
     flow: FlowDefinition
     delivery_ids: list[str]
     channel_queues: dict[Channel, str]
+    # Channel defaults as configured when the event was accepted; steps may override them.
+    retry: dict[Channel, RetrySpec]
 
 
 class NotificationResult(BaseModel):

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from pydantic import ValidationError
 
+from core.retry import RetryOverride
 from core.settings import Settings
 from core.types import Channel
 
@@ -38,3 +41,20 @@ def test_webhook_secret_must_be_whsec_base64() -> None:
         Settings.model_validate(dict(webhook_secret="plain"))
     with pytest.raises(ValidationError, match="base64"):
         Settings.model_validate(dict(webhook_secret="whsec_not base64!"))
+
+
+def test_channel_retry_defaults_from_env_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_RETRY_SMS", '{"initial_interval": "PT5S", "maximum_attempts": 3}')
+    monkeypatch.setenv("HERALD_RATE_LIMIT_SMS", "5")
+    s = Settings()
+    spec = s.retry_for(Channel.SMS)
+    assert spec.initial_interval == timedelta(seconds=5)
+    assert spec.maximum_attempts == 3
+    assert spec.backoff_coefficient == 2.0  # unset keeps the default
+    assert s.rate_limit_for(Channel.SMS) == 5
+    assert s.rate_limit_for(Channel.EMAIL) is None
+    merged = spec.merged(RetryOverride(maximum_attempts=7))
+    assert (merged.initial_interval, merged.maximum_attempts) == (timedelta(seconds=5), 7)
+    monkeypatch.setenv("HERALD_RETRY_SMS", '{"initial_interval": "-PT5S"}')
+    with pytest.raises(ValidationError, match="positive duration"):
+        Settings()
