@@ -23,7 +23,7 @@ from core.preferences import decide
 from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
-from store.deliveries import add_sandbox_message, is_final, load_context, transition
+from store.deliveries import add_sandbox_message, is_final, load_context, reopen, transition
 from store.models import Delivery, Preference, Subscriber
 from store.subscribers import remove_push_tokens
 
@@ -48,6 +48,11 @@ class DeliverResult(BaseModel):
 
 
 class RecordFailureInput(BaseModel):
+    delivery_id: str
+    reason: str
+
+
+class ReopenInput(BaseModel):
     delivery_id: str
     reason: str
 
@@ -173,6 +178,12 @@ class DeliveryActivities:
             return _result(
                 transition(session, inp.delivery_id, DeliveryStatus.FAILED, detail=inp.reason)
             )
+
+    @activity.defn(name="reopen_delivery")
+    def reopen_delivery(self, inp: ReopenInput) -> bool:
+        """Failed → pending, so the next attempt may send; False if it was not failed."""
+        with session_scope(self.engine) as session:
+            return reopen(session, inp.delivery_id, inp.reason) is not None
 
 
 def _skip_reason(

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
         maximum_attempts=12,
         schedule_to_close=timedelta(hours=2),
     )
+    # How long a notification with failed deliveries stays open for a `retry` signal.
+    dead_letter_retention: timedelta = Field(default=timedelta(days=7), ge=timedelta(0))
     # Sends per second per channel, across every worker process (task-queue wide).
     rate_limit_email: float | None = Field(default=None, gt=0)
     rate_limit_sms: float | None = Field(default=None, gt=0)

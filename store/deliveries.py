@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, update
@@ -104,6 +105,69 @@ def transition(
         )
     )
     return delivery
+
+
+def reopen(session: Session, delivery_id: str, detail: str) -> Delivery | None:
+    """Put a failed delivery back to pending for a retry a person asked for.
+
+    The only way out of a final state, and only out of ``failed``: a sent
+    message is never re-sent by a retry.
+    """
+    stmt = (
+        update(Delivery)
+        .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.FAILED)
+        .values(status=DeliveryStatus.PENDING.value, updated_at=utcnow())
+        .returning(Delivery)
+        .execution_options(synchronize_session=False)
+    )
+    delivery = session.execute(stmt).scalars().first()
+    if delivery is not None:
+        session.add(
+            DeliveryEvent(
+                tenant_id=delivery.tenant_id,
+                delivery_id=delivery.id,
+                status=DeliveryStatus.PENDING.value,
+                detail=detail,
+            )
+        )
+    return delivery
+
+
+@dataclass
+class DeadLetter:
+    delivery: Delivery
+    notification: Notification
+
+
+def failed_deliveries(
+    session: Session,
+    tenant_id: str,
+    *,
+    status: DeliveryStatus = DeliveryStatus.FAILED,
+    channel: str | None = None,
+    flow: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[DeadLetter]:
+    """The dead-letter view: deliveries by status, newest first, with their notification."""
+    stmt = (
+        sa_select(Delivery, Notification)
+        .join(Notification, col(Notification.id) == Delivery.notification_id)
+        .where(col(Delivery.tenant_id) == tenant_id, col(Delivery.status) == status.value)
+    )
+    if channel is not None:
+        stmt = stmt.where(col(Delivery.channel) == channel)
+    if flow is not None:
+        stmt = stmt.where(col(Notification.flow_key) == flow)
+    if since is not None:
+        stmt = stmt.where(col(Delivery.updated_at) >= since)
+    stmt = stmt.order_by(col(Delivery.updated_at).desc()).limit(limit)
+    return [DeadLetter(d, n) for d, n in session.execute(stmt).all()]
+
+
+def notification_for(session: Session, tenant_id: str, notification_id: str) -> Notification | None:
+    row = session.get(Notification, notification_id)
+    return row if row is not None and row.tenant_id == tenant_id else None
 
 
 def history(session: Session, delivery_id: str) -> list[DeliveryEvent]:

@@ -22,7 +22,7 @@ from sqlmodel import Field, SQLModel
 
 from core.flows import EVENT_TYPE_PATTERN, FLOW_KEY_PATTERN, StepIn
 from core.preferences import PreferenceSet
-from core.types import DeliveryStatus
+from core.types import Channel, DeliveryStatus
 
 
 def utcnow() -> datetime:
@@ -363,3 +363,29 @@ class EventPublic(EventBase):
     received_at: datetime
     dispatched_at: datetime | None
     notifications: list[NotificationPublic]
+
+
+class DeadLetterPublic(SQLModel):
+    delivery_id: str
+    channel: str
+    status: str
+    reason: str | None
+    attempts: int
+    provider: str | None
+    updated_at: datetime
+    notification_id: str
+    event_id: str
+    flow: str
+    subscriber_id: str
+    workflow_id: str
+
+
+class RetryFilter(SQLModel):
+    channel: Channel | None = None
+    flow: str | None = None
+    since: datetime | None = None
+    limit: int = PydanticField(default=500, ge=1, le=5000)
+
+
+class RetryAccepted(SQLModel):
+    notifications: list[str]

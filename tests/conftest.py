@@ -108,6 +108,8 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, str, s
         # The database is shared by every test: no background sweep may dispatch
         # another test's deliberately undispatched events. Outbox tests sweep explicitly.
         "dispatch_sweep_seconds": 0,
+        # Failed notifications complete at once unless a test asks for a dead letter.
+        "dead_letter_retention": 0,
     }
     values.update(overrides)
     return Settings(**values), key, tenant

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributePair
@@ -14,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         DeliverResult,
         DeliveryActivities,
         RecordFailureInput,
+        ReopenInput,
     )
     from activities.policies import (
         DELIVERY_ATTEMPT_TIMEOUT,
@@ -21,8 +23,8 @@ with workflow.unsafe.imports_passed_through():
         RECORD_TIMEOUT,
         delivery_retry,
     )
-    from core.types import Channel, NotificationStatus, outcome
-    from workflows.types import NotificationInput, NotificationResult
+    from core.types import Channel, DeliveryStatus, NotificationStatus, outcome
+    from workflows.types import NotificationInput, NotificationResult, RetryRequest
 
 SA_TENANT = SearchAttributeKey.for_keyword("HeraldTenant")
 SA_EVENT_TYPE = SearchAttributeKey.for_keyword("HeraldEventType")
@@ -52,28 +54,70 @@ class NotificationWorkflow:
     def __init__(self) -> None:
         # Started with HeraldStatus=running (see identifying_attributes): no upsert needed yet.
         self._status = NotificationStatus.RUNNING
+        self._retries: list[RetryRequest] = []
 
     @workflow.run
     async def run(self, inp: NotificationInput) -> NotificationResult:
         workflow.set_current_details(f"sending: {summary(inp)}")
         # Steps with no control step between them are independent sends: run them together.
-        results = await asyncio.gather(
-            *(self._send(inp, i, delivery_id) for i, delivery_id in enumerate(inp.delivery_ids))
+        results = list(
+            await asyncio.gather(*(self._send(inp, i) for i in range(len(inp.delivery_ids))))
         )
+        while failed := [i for i, r in enumerate(results) if r.status == DeliveryStatus.FAILED]:
+            # A dead letter: stay open so support can fix the cause and send `retry`.
+            self._set_status(NotificationStatus.FAILED)
+            workflow.set_current_details(_details(results, waiting=inp.dead_letter_retention))
+            request = await self._next_retry(inp.dead_letter_retention)
+            if request is None:
+                break
+            chosen = [i for i in failed if request.channel in (None, results[i].channel)]
+            if not chosen:
+                continue
+            self._set_status(NotificationStatus.RUNNING)
+            for i in chosen:
+                await workflow.execute_local_activity_method(
+                    DeliveryActivities.reopen_delivery,
+                    ReopenInput(delivery_id=inp.delivery_ids[i], reason="retry requested"),
+                    start_to_close_timeout=RECORD_TIMEOUT,
+                    retry_policy=RECORD_RETRY,
+                    summary=f"reopen step {i + 1}",
+                )
+            retried = await asyncio.gather(*(self._send(inp, i) for i in chosen))
+            for i, result in zip(chosen, retried, strict=True):
+                results[i] = result
         final = outcome(r.status for r in results)
-        self._set_status(final)
-        workflow.set_current_details("\n".join(_line(r) for r in results))
-        return NotificationResult(status=final, deliveries=list(results))
+        if final != self._status:
+            self._set_status(final)
+        workflow.set_current_details(_details(results))
+        return NotificationResult(status=final, deliveries=results)
+
+    @workflow.signal(name="retry")
+    def retry(self, request: RetryRequest | None = None) -> None:
+        """Re-attempt the failed deliveries (all, or one channel's) of a dead letter."""
+        self._retries.append(request or RetryRequest())
 
     @workflow.query(name="status")
     def status(self) -> NotificationStatus:
         return self._status
 
+    async def _next_retry(self, retention: timedelta) -> RetryRequest | None:
+        if not self._retries and retention > timedelta(0):
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._retries),
+                    timeout=retention,
+                    timeout_summary="dead letter: waiting for a retry signal",
+                )
+            except TimeoutError:
+                return None
+        return self._retries.pop(0) if self._retries else None
+
     def _set_status(self, status: NotificationStatus) -> None:
         self._status = status
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
 
-    async def _send(self, inp: NotificationInput, index: int, delivery_id: str) -> DeliverResult:
+    async def _send(self, inp: NotificationInput, index: int) -> DeliverResult:
+        delivery_id = inp.delivery_ids[index]
         step = inp.flow.steps[index]
         channel = Channel(step.channel)
         policy = inp.retry[channel].merged(step.retry)
@@ -101,6 +145,16 @@ class NotificationWorkflow:
                 retry_policy=RECORD_RETRY,
                 summary=f"record step {index + 1} failed",
             )
+
+
+def _details(results: list[DeliverResult], waiting: timedelta | None = None) -> str:
+    lines = [_line(r) for r in results]
+    if waiting:
+        lines.append(
+            f"failed deliveries wait up to {waiting} for a `retry` signal "
+            '(optional input: {"channel": "sms"})'
+        )
+    return "\n".join(lines)
 
 
 def _line(r: DeliverResult) -> str:

@@ -52,7 +52,7 @@ def build_workers(
                     client,
                     task_queue=settings.workflow_task_queue,
                     workflows=[NotificationWorkflow],
-                    activities=[acts.record_failure],  # local activity
+                    activities=[acts.record_failure, acts.reopen_delivery],  # local
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,
                 )

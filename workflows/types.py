@@ -7,6 +7,8 @@ module is imported passed-through, once per process.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import BaseModel
 
 from activities.delivery import DeliverResult
@@ -28,6 +30,14 @@ class NotificationInput(BaseModel):
     channel_queues: dict[Channel, str]
     # Channel defaults as configured when the event was accepted; steps may override them.
     retry: dict[Channel, RetrySpec]
+    # Failed deliveries keep the workflow open this long, waiting for a `retry` signal.
+    dead_letter_retention: timedelta = timedelta(0)
+
+
+class RetryRequest(BaseModel):
+    """The `retry` signal's argument; the Temporal UI's Send Signal dialog sends this JSON."""
+
+    channel: Channel | None = None
 
 
 class NotificationResult(BaseModel):

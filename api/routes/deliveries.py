@@ -1,0 +1,123 @@
+"""Dead letters: find failed deliveries and ask their workflows to retry them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import GatewayDep, ReadSessionDep, TenantDep
+from api.temporal import TemporalGateway
+from core.types import Channel, DeliveryStatus
+from store.deliveries import failed_deliveries, notification_for
+from store.models import DeadLetterPublic, Delivery, Notification, RetryAccepted, RetryFilter
+from workflows.notification import NotificationWorkflow
+from workflows.types import RetryRequest
+
+router = APIRouter(tags=["deliveries"])
+
+
+@router.get("/v1/deliveries", response_model=list[DeadLetterPublic])
+def list_deliveries(
+    session: ReadSessionDep,
+    tenant: TenantDep,
+    status_: Annotated[DeliveryStatus, Query(alias="status")] = DeliveryStatus.FAILED,
+    channel: Channel | None = None,
+    flow: str | None = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[DeadLetterPublic]:
+    """The dead-letter view with ``status=failed`` (the default), newest first."""
+    rows = failed_deliveries(
+        session,
+        tenant,
+        status=status_,
+        channel=None if channel is None else channel.value,
+        flow=flow,
+        since=since,
+        limit=limit,
+    )
+    return [_public(r.delivery, r.notification) for r in rows]
+
+
+@router.post(
+    "/v1/notifications/{notification_id}/retry",
+    response_model=RetryAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def retry_notification(
+    notification_id: str,
+    session: ReadSessionDep,
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    body: RetryRequest | None = None,
+) -> RetryAccepted:
+    """Re-attempt this notification's failed deliveries (or one channel's)."""
+    notification = notification_for(session, tenant, notification_id)
+    if notification is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"notification {notification_id!r} not found"
+        )
+    if not await _signal(gateway, notification.workflow_id, body or RetryRequest()):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"notification {notification_id!r} is closed: its dead-letter retention has passed "
+            "or nothing failed",
+        )
+    return RetryAccepted(notifications=[notification_id])
+
+
+@router.post(
+    "/v1/deliveries/retry", response_model=RetryAccepted, status_code=status.HTTP_202_ACCEPTED
+)
+async def retry_deliveries(
+    body: RetryFilter, session: ReadSessionDep, tenant: TenantDep, gateway: GatewayDep
+) -> RetryAccepted:
+    """Retry every failed delivery matching the filter; closed notifications are left out."""
+    rows = failed_deliveries(
+        session,
+        tenant,
+        channel=None if body.channel is None else body.channel.value,
+        flow=body.flow,
+        since=body.since,
+        limit=body.limit,
+    )
+    targets = {r.notification.id: r.notification.workflow_id for r in rows}
+    request = RetryRequest(channel=body.channel)
+    sent = await asyncio.gather(*(_signal(gateway, wf, request) for wf in targets.values()))
+    return RetryAccepted(notifications=[n for n, ok in zip(targets, sent, strict=True) if ok])
+
+
+async def _signal(gateway: TemporalGateway, workflow_id: str, request: RetryRequest) -> bool:
+    client = await gateway.client()
+    handle: WorkflowHandle[NotificationWorkflow, object] = client.get_workflow_handle_for(
+        NotificationWorkflow.run, workflow_id
+    )
+    try:
+        await handle.signal(NotificationWorkflow.retry, request)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # completed: nothing left to retry
+            return False
+        raise
+    return True
+
+
+def _public(d: Delivery, n: Notification) -> DeadLetterPublic:
+    return DeadLetterPublic(
+        delivery_id=d.id,
+        channel=d.channel,
+        status=d.status,
+        reason=d.reason,
+        attempts=d.attempts,
+        provider=d.provider,
+        updated_at=d.updated_at,
+        notification_id=n.id,
+        event_id=n.event_id,
+        flow=n.flow_key,
+        subscriber_id=n.subscriber_id,
+        workflow_id=n.workflow_id,
+    )
