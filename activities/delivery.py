@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -25,9 +26,12 @@ from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
 from store.deliveries import add_sandbox_message, is_final, load_context, reopen, transition
 from store.models import Delivery, Preference, Subscriber
-from store.subscribers import remove_push_tokens
+from store.subscribers import disable_webhook_url, opt_out_channel, remove_push_tokens
 
 log = logging.getLogger(__name__)
+
+# Twilio's "attempt to send to unsubscribed recipient": the person replied STOP.
+TWILIO_UNSUBSCRIBED = "21610"
 
 
 class DeliverInput(BaseModel):
@@ -95,10 +99,7 @@ class DeliveryActivities:
                     attempts=attempt,
                     provider=exc.provider,
                 )
-                if exc.invalid_tokens:
-                    remove_push_tokens(
-                        session, message.tenant_id, subscriber_id, exc.invalid_tokens
-                    )
+                _apply_verdict(session, message, subscriber_id, exc)
             raise ApplicationError(
                 str(exc), exc.code, type="PermanentProviderError", non_retryable=True
             ) from exc
@@ -184,6 +185,20 @@ class DeliveryActivities:
         """Failed → pending, so the next attempt may send; False if it was not failed."""
         with session_scope(self.engine) as session:
             return reopen(session, inp.delivery_id, inp.reason) is not None
+
+
+def _apply_verdict(
+    session: Session, message: Message, subscriber_id: str, exc: PermanentProviderError
+) -> None:
+    """What a permanent error says about the subscriber, remembered so it is not repeated."""
+    tenant = message.tenant_id
+    if exc.invalid_tokens:
+        remove_push_tokens(session, tenant, subscriber_id, exc.invalid_tokens)
+    if message.channel == Channel.SMS and exc.code == TWILIO_UNSUBSCRIBED:
+        opt_out_channel(session, tenant, subscriber_id, Channel.SMS.value)
+    gone = message.channel == Channel.WEBHOOK and exc.code == "410"
+    if gone and not disable_webhook_url(session, tenant, subscriber_id, message.to[0]):
+        log.warning("webhook %s is gone (410); it is a flow's URL, not disabled", message.to[0])
 
 
 def _skip_reason(

@@ -68,3 +68,27 @@ def put_preferences(
     session.add(row)
     session.flush()
     return row
+
+
+def opt_out_channel(session: Session, tenant_id: str, subscriber_id: str, channel: str) -> None:
+    """Record a provider-reported opt-out (e.g. an SMS STOP) as the subscriber's preference."""
+    row = get_preferences(session, tenant_id, subscriber_id)
+    if row is None:
+        session.add(
+            Preference(tenant_id=tenant_id, subscriber_id=subscriber_id, channels={channel: False})
+        )
+        return
+    row.channels = {**row.channels, channel: False}
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def disable_webhook_url(session: Session, tenant_id: str, subscriber_id: str, url: str) -> bool:
+    """Forget a webhook URL its receiver declared gone (410); False if it was not theirs."""
+    row = get_subscriber(session, tenant_id, subscriber_id)
+    if row is None or row.webhook_url != url:
+        return False
+    row.webhook_url = None
+    row.updated_at = utcnow()
+    session.add(row)
+    return True
