@@ -48,6 +48,7 @@ def workflow_input(
         channel_queues={c: settings.channel_task_queue(c) for c in Channel},
         retry={c: settings.retry_for(c) for c in Channel},
         dead_letter_retention=settings.dead_letter_retention,
+        replay_id=n.replay_id,
     )
 
 

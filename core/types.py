@@ -57,6 +57,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "HeraldFlow": "Keyword",
     "HeraldSubscriber": "Keyword",
     "HeraldStatus": "Keyword",
+    "HeraldReplay": "Keyword",
 }
 
 
@@ -65,7 +66,8 @@ def new_id(prefix: str) -> str:
 
 
 def notification_workflow_id(
-    tenant_id: str, event_id: str, flow_key: str, subscriber_id: str
+    tenant_id: str, event_id: str, flow_key: str, subscriber_id: str, replay_id: str | None = None
 ) -> str:
     """Derived from the business key so a repeated start finds the same workflow."""
-    return f"notification/{tenant_id}/{event_id}/{flow_key}/{subscriber_id}"
+    base = f"notification/{tenant_id}/{event_id}/{flow_key}/{subscriber_id}"
+    return base if replay_id is None else f"{base}/replay/{replay_id}"

@@ -22,6 +22,7 @@ from core.types import (
     outcome,
 )
 from store.db import session_scope
+from store.flows import flows_for_event
 from store.models import Delivery, DeliveryEvent, Event, Flow, Notification, utcnow
 from store.subscribers import existing_ids, upsert_subscriber
 
@@ -140,9 +141,26 @@ def _insert(
             .order_by(col(Flow.key))
         ).all()
     )
+    accepted.notifications = _fan_out(session, event, flows, ids)
+    return accepted
+
+
+def _fan_out(
+    session: Session,
+    event: Event,
+    flows: list[Flow],
+    subscriber_ids: list[str],
+    replay_id: str | None = None,
+    skip: set[str] | None = None,
+) -> list[PlannedNotification]:
+    """One notification per flow × recipient, each with a pending delivery per step.
+
+    ``skip`` holds workflow ids that already exist (a repeated replay) and are left out.
+    """
     notifications: list[Notification] = []
     deliveries: list[Delivery] = []
     history: list[DeliveryEvent] = []
+    planned: list[PlannedNotification] = []
     for flow in flows:
         snapshot = {
             "key": flow.key,
@@ -152,22 +170,28 @@ def _insert(
             "steps": flow.steps,
             "version": flow.version,
         }
-        for subscriber_id in ids:
+        for subscriber_id in subscriber_ids:
+            workflow_id = notification_workflow_id(
+                event.tenant_id, event.id, flow.key, subscriber_id, replay_id
+            )
+            if skip and workflow_id in skip:
+                continue
             notification = Notification(
                 id=new_id("ntf"),
-                tenant_id=tenant_id,
+                tenant_id=event.tenant_id,
                 event_id=event.id,
                 flow_key=flow.key,
                 subscriber_id=subscriber_id,
-                workflow_id=notification_workflow_id(tenant_id, event.id, flow.key, subscriber_id),
+                workflow_id=workflow_id,
                 flow=snapshot,
+                replay_id=replay_id,
             )
             notifications.append(notification)
             delivery_ids = []
             for index, step in enumerate(flow.steps):
                 delivery = Delivery(
                     id=new_id("dlv"),
-                    tenant_id=tenant_id,
+                    tenant_id=event.tenant_id,
                     notification_id=notification.id,
                     step_index=index,
                     channel=step["channel"],
@@ -176,17 +200,93 @@ def _insert(
                 deliveries.append(delivery)
                 history.append(
                     DeliveryEvent(
-                        tenant_id=tenant_id,
+                        tenant_id=event.tenant_id,
                         delivery_id=delivery.id,
                         status=DeliveryStatus.PENDING.value,
                     )
                 )
-            accepted.notifications.append(PlannedNotification(notification, delivery_ids))
+            planned.append(PlannedNotification(notification, delivery_ids))
     # No ORM relationships, so flush parents before children for the foreign keys.
     for batch in (notifications, deliveries, history):
         session.add_all(batch)
         session.flush()
-    return accepted
+    return planned
+
+
+@dataclass
+class ReplayPlan:
+    replay_id: str
+    # Events with the notifications this replay started (empty for a dry run).
+    accepted: list[AcceptedEvent] = field(default_factory=list)
+    # (event id, flow, subscriber id, workflow id, already replayed) for every pair matched.
+    pairs: list[tuple[str, str, str, str, bool]] = field(default_factory=list)
+
+
+def replay_events(
+    engine: Engine,
+    tenant_id: str,
+    *,
+    replay_id: str,
+    event_id: str | None = None,
+    type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    flow: Flow | None = None,
+    dry_run: bool = False,
+    limit: int = 1000,
+) -> ReplayPlan:
+    """Run stored events through today's flows (or one flow) again, as new notifications.
+
+    Idempotent per (event, flow, recipient, replay id): the workflow id carries the
+    replay id, and pairs that already have one are reported, not started again.
+    """
+    plan = ReplayPlan(replay_id=replay_id)
+    with session_scope(engine) as session:
+        stmt = select(Event).where(Event.tenant_id == tenant_id)
+        if event_id is not None:
+            stmt = stmt.where(Event.id == event_id)
+        if type is not None:
+            stmt = stmt.where(Event.type == type)
+        if since is not None:
+            stmt = stmt.where(Event.received_at >= since)
+        if until is not None:
+            stmt = stmt.where(Event.received_at < until)
+        events = session.exec(stmt.order_by(col(Event.received_at)).limit(limit)).all()
+        flows_by_type: dict[str, list[Flow]] = {}
+        for event in events:
+            if event.type not in flows_by_type:
+                flows_by_type[event.type] = (
+                    [flow]
+                    if flow is not None and flow.event_type == event.type
+                    else []
+                    if flow is not None
+                    else flows_for_event(session, tenant_id, event.type)
+                )
+            flows = flows_by_type[event.type]
+            wanted = {
+                notification_workflow_id(tenant_id, event.id, f.key, sid, replay_id): (f.key, sid)
+                for f in flows
+                for sid in event.recipients
+            }
+            done = (
+                set(
+                    session.exec(
+                        select(Notification.workflow_id).where(
+                            col(Notification.workflow_id).in_(list(wanted))
+                        )
+                    ).all()
+                )
+                if wanted
+                else set()
+            )
+            plan.pairs.extend(
+                (event.id, f_key, sid, wf, wf in done) for wf, (f_key, sid) in wanted.items()
+            )
+            if dry_run or len(done) == len(wanted):
+                continue
+            planned = _fan_out(session, event, flows, event.recipients, replay_id, done)
+            plan.accepted.append(AcceptedEvent(event=event, notifications=planned, created=True))
+    return plan
 
 
 def _load_by_key(

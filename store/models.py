@@ -248,6 +248,7 @@ class Notification(SQLModel, table=True):
     workflow_id: str = Field(unique=True, max_length=512)
     # The flow as it was when the event was accepted; a re-dispatch runs exactly this.
     flow: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    replay_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts()
 
 
@@ -389,3 +390,33 @@ class RetryFilter(SQLModel):
 
 class RetryAccepted(SQLModel):
     notifications: list[str]
+
+
+class ReplayCreate(SQLModel):
+    """Replay stored events; give ``replay_id`` to make repeating the call a no-op."""
+
+    flow: str | None = PydanticField(default=None, description="Only this flow (e.g. a new one)")
+    replay_id: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] | None = None
+    dry_run: bool = False
+
+
+class ReplayQuery(ReplayCreate):
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = PydanticField(default=1000, ge=1, le=10_000)
+
+
+class ReplayItem(SQLModel):
+    event_id: str
+    flow: str
+    subscriber_id: str
+    workflow_id: str
+    already_replayed: bool
+
+
+class ReplayResult(SQLModel):
+    replay_id: str
+    dry_run: bool
+    started: int
+    items: list[ReplayItem]

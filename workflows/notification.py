@@ -31,22 +31,27 @@ SA_EVENT_TYPE = SearchAttributeKey.for_keyword("HeraldEventType")
 SA_FLOW = SearchAttributeKey.for_keyword("HeraldFlow")
 SA_SUBSCRIBER = SearchAttributeKey.for_keyword("HeraldSubscriber")
 SA_STATUS = SearchAttributeKey.for_keyword("HeraldStatus")
+SA_REPLAY = SearchAttributeKey.for_keyword("HeraldReplay")
 
 
 def identifying_attributes(inp: NotificationInput) -> list[SearchAttributePair[str]]:
     """Set at start so the UI can filter a notification before its first task runs; no PII."""
-    return [
+    pairs = [
         SearchAttributePair(SA_TENANT, inp.tenant_id),
         SearchAttributePair(SA_EVENT_TYPE, inp.event_type),
         SearchAttributePair(SA_FLOW, inp.flow.key),
         SearchAttributePair(SA_SUBSCRIBER, inp.subscriber_id),
         SearchAttributePair(SA_STATUS, NotificationStatus.RUNNING.value),
     ]
+    if inp.replay_id is not None:
+        pairs.append(SearchAttributePair(SA_REPLAY, inp.replay_id))
+    return pairs
 
 
 def summary(inp: NotificationInput) -> str:
     channels = "+".join(s.channel.value for s in inp.flow.steps)
-    return f"{inp.event_type} → {inp.flow.key} → {inp.subscriber_id} ({channels})"
+    replay = "" if inp.replay_id is None else f" [replay {inp.replay_id}]"
+    return f"{inp.event_type} → {inp.flow.key} → {inp.subscriber_id} ({channels}){replay}"
 
 
 @workflow.defn(name="NotificationWorkflow")

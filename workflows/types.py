@@ -32,6 +32,8 @@ class NotificationInput(BaseModel):
     retry: dict[Channel, RetrySpec]
     # Failed deliveries keep the workflow open this long, waiting for a `retry` signal.
     dead_letter_retention: timedelta = timedelta(0)
+    # Set when this notification replays a stored event (HeraldReplay in the UI).
+    replay_id: str | None = None
 
 
 class RetryRequest(BaseModel):

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
 
 from api.deps import (
     DispatcherDep,
@@ -16,16 +17,25 @@ from api.deps import (
     field_error,
 )
 from api.dispatch import dispatch
-from api.temporal import TemporalUnavailableError
+from api.temporal import TemporalGateway, TemporalUnavailableError
+from core.settings import Settings
+from core.types import new_id
 from store import events as q
+from store.db import read_scope
+from store.flows import get_flow
 from store.models import (
     DeliveryPublic,
     EventAccepted,
     EventCreate,
     EventPublic,
+    Flow,
     InlineSubscriber,
     NotificationPublic,
     NotificationRef,
+    ReplayCreate,
+    ReplayItem,
+    ReplayQuery,
+    ReplayResult,
 )
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -163,3 +173,99 @@ def _recipients(body: EventCreate) -> list[q.RecipientSpec]:
         elif item not in specs:
             specs[item] = q.RecipientSpec(item)
     return list(specs.values())
+
+
+@router.post("/replay", response_model=ReplayResult, responses={503: {"description": "Temporal"}})
+async def replay_events(
+    body: ReplayQuery,
+    tenant: TenantDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+) -> ReplayResult:
+    """Run stored events through today's flows again, e.g. a flow added after they happened."""
+    return await _replay(body, tenant, engine, settings, gateway, event_id=None)
+
+
+@router.post(
+    "/{event_id}/replay", response_model=ReplayResult, responses={503: {"description": "Temporal"}}
+)
+async def replay_event(
+    event_id: str,
+    tenant: TenantDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+    body: ReplayCreate | None = None,
+) -> ReplayResult:
+    """Replay one stored event."""
+    query = ReplayQuery.model_validate((body or ReplayCreate()).model_dump())
+    result = await _replay(query, tenant, engine, settings, gateway, event_id=event_id)
+    if not result.items and not await run_in_threadpool(_event_exists, engine, tenant, event_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")
+    return result
+
+
+async def _replay(
+    body: ReplayQuery,
+    tenant: str,
+    engine: Engine,
+    settings: Settings,
+    gateway: TemporalGateway,
+    *,
+    event_id: str | None,
+) -> ReplayResult:
+    flow = None
+    if body.flow is not None:
+        flow = await run_in_threadpool(_flow, engine, tenant, body.flow)
+        if flow is None:
+            raise field_error(["body", "flow"], f"flow {body.flow!r} does not exist")
+        if body.type is not None and body.type != flow.event_type:
+            raise field_error(
+                ["body", "type"],
+                f"flow {flow.key!r} handles {flow.event_type!r}, not {body.type!r}",
+            )
+    plan = await run_in_threadpool(
+        q.replay_events,
+        engine,
+        tenant,
+        replay_id=body.replay_id or new_id("rpl"),
+        event_id=event_id,
+        type=body.type if flow is None else flow.event_type,
+        since=body.since,
+        until=body.until,
+        flow=flow,
+        dry_run=body.dry_run,
+        limit=body.limit,
+    )
+    try:
+        for accepted in plan.accepted:  # stored first, so a retried call finishes the job
+            await dispatch(gateway, settings, accepted)
+    except TemporalUnavailableError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail={
+                "message": "replay stored but not fully started: Temporal is unreachable; "
+                "repeat the call with the same replay_id",
+                "replay_id": plan.replay_id,
+            },
+        ) from exc
+    return ReplayResult(
+        replay_id=plan.replay_id,
+        dry_run=body.dry_run,
+        started=sum(len(a.notifications) for a in plan.accepted),
+        items=[
+            ReplayItem(event_id=e, flow=f, subscriber_id=sid, workflow_id=wf, already_replayed=done)
+            for e, f, sid, wf, done in plan.pairs
+        ],
+    )
+
+
+def _flow(engine: Engine, tenant: str, key: str) -> Flow | None:
+    with read_scope(engine) as session:
+        return get_flow(session, tenant, key)
+
+
+def _event_exists(engine: Engine, tenant: str, event_id: str) -> bool:
+    with read_scope(engine) as session:
+        return q.get_event_detail(session, tenant, event_id) is not None
