@@ -13,9 +13,6 @@ from temporalio.common import RetryPolicy
 
 from core.retry import RetrySpec
 
-# One attempt at a provider call, including the SDK's own connect/read timeouts.
-DELIVERY_ATTEMPT_TIMEOUT = timedelta(seconds=60)
-
 # Failures that can never succeed by retrying; adapters raise them as non-retryable too.
 PERMANENT_ERROR_TYPES = ["PermanentProviderError", "TemplateError"]
 

@@ -44,6 +44,8 @@ class RetrySpec(BaseModel):
     maximum_interval: Duration = timedelta(minutes=5)
     maximum_attempts: int = Field(default=10, ge=0, le=1000)
     schedule_to_close: Duration = timedelta(hours=1)
+    # One attempt, provider call included; also how soon an attempt on a dead worker is retried.
+    start_to_close: Duration = timedelta(seconds=30)
 
     def merged(self, override: RetryOverride | None) -> RetrySpec:
         if override is None:

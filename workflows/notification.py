@@ -18,7 +18,6 @@ with workflow.unsafe.imports_passed_through():
         ReopenInput,
     )
     from activities.policies import (
-        DELIVERY_ATTEMPT_TIMEOUT,
         RECORD_RETRY,
         RECORD_TIMEOUT,
         delivery_retry,
@@ -137,7 +136,7 @@ class NotificationWorkflow:
                     step=step,
                 ),
                 task_queue=inp.channel_queues[channel],
-                start_to_close_timeout=DELIVERY_ATTEMPT_TIMEOUT,
+                start_to_close_timeout=policy.start_to_close,
                 schedule_to_close_timeout=policy.schedule_to_close,
                 retry_policy=delivery_retry(policy),
                 summary=f"step {index + 1}: {channel.value}",
