@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from temporalio.client import Client
 
 from bench.raw import RawInput, RawWorkflow
 from scripts.run import temporal_command
+from tests.fakes.net import free_port, wait_port
 from tests.fakes.provider import FakeProvider, Recorded
 
 log = logging.getLogger("bench")
@@ -44,12 +44,6 @@ ITEMS_PER_LEVEL = int(os.environ.get("HERALD_BENCH_ITEMS", "300"))
 BURST_EVENTS = int(os.environ.get("HERALD_BENCH_BURST", "2000"))
 # How many POSTs the burst keeps in flight: a client with a connection pool of this size.
 BURST_CONCURRENCY = int(os.environ.get("HERALD_BENCH_BURST_CONCURRENCY", "16"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -71,6 +65,9 @@ class Proc:
         status = Path(f"/proc/{self.popen.pid}/status").read_text()
         kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
         return kb / 1024
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far, children included (utime, stime, cutime, cstime)."""
@@ -95,20 +92,6 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Proc:
         cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
     return Proc(name, popen, log_path)
-
-
-async def wait_port(port: int, proc: Proc, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited; see {proc.log_path}")
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{proc.name} did not open port {port}")
 
 
 class Deliveries:
@@ -219,7 +202,7 @@ class Bench:
             base_env,
             self.work,
         )
-        await wait_port(tport, self.procs["temporal"])
+        await wait_port(tport, alive=self.procs["temporal"].alive, name="temporal")
         self.client = await Client.connect(self.temporal_addr)
         overrides = self.fake.settings_overrides(self.work)
         env = {
@@ -265,7 +248,7 @@ class Bench:
             env,
             self.work,
         )
-        await wait_port(aport, self.procs["api"])
+        await wait_port(aport, alive=self.procs["api"].alive, name="api")
         self.http = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{aport}",
             headers={"Authorization": f"Bearer {API_KEY}"},

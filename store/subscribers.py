@@ -3,7 +3,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, SQLModel, col, select
 
 from store.models import Preference, Subscriber, utcnow
 
@@ -15,17 +17,28 @@ def get_subscriber(session: Session, tenant_id: str, subscriber_id: str) -> Subs
 def upsert_subscriber(
     session: Session, tenant_id: str, subscriber_id: str, values: dict[str, Any]
 ) -> Subscriber:
-    """Fields the caller sent overwrite; fields it left out keep their stored value."""
-    row = get_subscriber(session, tenant_id, subscriber_id)
-    if row is None:
-        row = Subscriber(tenant_id=tenant_id, id=subscriber_id, **values)
-    else:
-        for key, value in values.items():
-            setattr(row, key, value)
-        row.updated_at = utcnow()
-    session.add(row)
-    session.flush()
+    """Fields the caller sent overwrite; fields it left out keep their stored value.
+
+    One INSERT ... ON CONFLICT DO UPDATE, so two writers creating the same
+    subscriber at once both succeed (a read-then-insert races on PostgreSQL).
+    """
+    fresh = Subscriber(tenant_id=tenant_id, id=subscriber_id, **values)
+    _upsert(session, fresh, ["tenant_id", "id"], [*values, "updated_at"])
+    row = session.get(Subscriber, (tenant_id, subscriber_id), populate_existing=True)
+    assert row is not None
     return row
+
+
+def _upsert(session: Session, row: SQLModel, keys: list[str], update: list[str]) -> None:
+    table = row.__table__  # type: ignore[attr-defined]
+    values = {c.name: getattr(row, c.name) for c in table.columns}
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(table).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys, set_={name: stmt.excluded[name] for name in update}
+    )
+    session.execute(stmt)
 
 
 def existing_ids(session: Session, tenant_id: str, ids: Iterable[str]) -> set[str]:
@@ -57,16 +70,22 @@ def get_preferences(session: Session, tenant_id: str, subscriber_id: str) -> Pre
 def put_preferences(
     session: Session, tenant_id: str, subscriber_id: str, values: dict[str, Any]
 ) -> Preference:
-    row = get_preferences(session, tenant_id, subscriber_id)
-    if row is None:
-        row = Preference(tenant_id=tenant_id, subscriber_id=subscriber_id, **values)
-    else:
-        row.channels = values.get("channels", {})
-        row.categories = values.get("categories", {})
-        row.flows = values.get("flows", {})
-        row.updated_at = utcnow()
-    session.add(row)
-    session.flush()
+    """Replace the whole preference set, atomically (see ``upsert_subscriber``)."""
+    fresh = Preference(
+        tenant_id=tenant_id,
+        subscriber_id=subscriber_id,
+        channels=values.get("channels", {}),
+        categories=values.get("categories", {}),
+        flows=values.get("flows", {}),
+    )
+    _upsert(
+        session,
+        fresh,
+        ["tenant_id", "subscriber_id"],
+        ["channels", "categories", "flows", "updated_at"],
+    )
+    row = session.get(Preference, (tenant_id, subscriber_id), populate_existing=True)
+    assert row is not None
     return row
 
 

@@ -183,6 +183,23 @@ async def start_workers(
         await stack.enter_async_context(worker)
 
 
+async def open_api(
+    stack: AsyncExitStack, settings: Settings, key: str, client: Client | None
+) -> tuple[FastAPI, httpx.AsyncClient]:
+    """The real app, lifespan included, served over ASGI with the tenant's key."""
+    app = create_app(settings, client=client)
+    await stack.enter_async_context(app.router.lifespan_context(app))
+    http = await stack.enter_async_context(
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://herald.test",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+    )
+    return app, http
+
+
 async def start_herald(
     stack: AsyncExitStack,
     env: WorkflowEnvironment,
@@ -196,15 +213,7 @@ async def start_herald(
     settings, key, tenant = make_settings(database_url, **overrides)
     await start_workers(stack, env.client, settings, engine, queues)
     # Outage tests give the API its own address and let it connect by itself.
-    app = create_app(settings, client=None if api_connects_itself else env.client)
-    await stack.enter_async_context(app.router.lifespan_context(app))
-    http = await stack.enter_async_context(
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://herald.test",
-            headers={"Authorization": f"Bearer {key}"},
-        )
-    )
+    app, http = await open_api(stack, settings, key, None if api_connects_itself else env.client)
     return Herald(http, settings, env.client, engine, tenant, key, stack, app)
 
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -20,32 +19,15 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from api.main import create_app
 from scripts.run import temporal_command
-from tests.conftest import make_settings, unique
+from tests.conftest import make_settings, open_api, unique
+from tests.fakes.net import free_port, wait_port
 from tests.fakes.provider import FakeProvider
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS = 300
 RUN_SUBJECT = re.compile(r"n\d+")
 IN_FLIGHT = 16  # per queue in the worker: the most a kill can leave unreported
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_port(port: int, within: float = 60) -> None:
-    for _ in range(int(within * 10)):
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"port {port} never opened")
 
 
 class Cluster:
@@ -109,17 +91,8 @@ async def cluster(
             # Starts cut off by the restart are re-dispatched by the sweep.
             dispatch_sweep_seconds=1,
         )
-        app = create_app(settings, client=client)
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app),
-                    base_url="http://herald.test",
-                    headers={"Authorization": f"Bearer {key}"},
-                    timeout=30,
-                )
-            )
+            _, http = await open_api(stack, settings, key, client)
             yield c, http
     finally:
         c.stop_all()
