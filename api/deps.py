@@ -89,3 +89,8 @@ def field_error(loc: list[str | int], msg: str, type_: str = "value_error") -> H
         status.HTTP_422_UNPROCESSABLE_CONTENT,
         detail=[{"loc": loc, "msg": msg, "type": type_}],
     )
+
+
+def temporal_unavailable(message: str, **ids: str) -> HTTPException:
+    """503 for work that is stored but not yet handed to Temporal; ``ids`` say what to retry."""
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail={"message": message, **ids})

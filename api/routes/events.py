@@ -15,6 +15,7 @@ from api.deps import (
     SettingsDep,
     TenantDep,
     field_error,
+    temporal_unavailable,
 )
 from api.dispatch import dispatch
 from api.temporal import TemporalGateway, TemporalUnavailableError
@@ -106,14 +107,11 @@ async def publish_event(
             try:
                 await dispatch(gateway, settings, accepted)
             except TemporalUnavailableError as exc:
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE,
-                    detail={
-                        "message": "event stored but not dispatched: Temporal is unreachable. "
-                        "Herald dispatches it once Temporal is back; retrying with the same "
-                        "Idempotency-Key is safe",
-                        "event_id": accepted.event.id,
-                    },
+                raise temporal_unavailable(
+                    "event stored but not dispatched: Temporal is unreachable. "
+                    "Herald dispatches it once Temporal is back; retrying with the same "
+                    "Idempotency-Key is safe",
+                    event_id=accepted.event.id,
                 ) from exc
             dispatcher.record_dispatched(accepted.event.id)
 
@@ -242,13 +240,10 @@ async def _replay(
         for accepted in plan.accepted:  # stored first, so a retried call finishes the job
             await dispatch(gateway, settings, accepted)
     except TemporalUnavailableError as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail={
-                "message": "replay stored but not fully started: Temporal is unreachable; "
-                "repeat the call with the same replay_id",
-                "replay_id": plan.replay_id,
-            },
+        raise temporal_unavailable(
+            "replay stored but not fully started: Temporal is unreachable; "
+            "repeat the call with the same replay_id",
+            replay_id=plan.replay_id,
         ) from exc
     return ReplayResult(
         replay_id=plan.replay_id,
