@@ -375,9 +375,14 @@ class EventDetail:
     notifications: list[tuple[Notification, NotificationStatus, list[Delivery]]]
 
 
-def get_event_detail(session: Session, tenant_id: str, event_id: str) -> EventDetail | None:
+def get_event(session: Session, tenant_id: str, event_id: str) -> Event | None:
     event = session.get(Event, event_id)
-    if event is None or event.tenant_id != tenant_id:
+    return event if event is not None and event.tenant_id == tenant_id else None
+
+
+def get_event_detail(session: Session, tenant_id: str, event_id: str) -> EventDetail | None:
+    event = get_event(session, tenant_id, event_id)
+    if event is None:
         return None
     notifications = _notifications(session, event.id)
     deliveries = _deliveries_by_notification(session, [n.id for n in notifications])

@@ -197,11 +197,10 @@ async def replay_event(
     body: ReplayCreate | None = None,
 ) -> ReplayResult:
     """Replay one stored event."""
-    query = ReplayQuery.model_validate((body or ReplayCreate()).model_dump())
-    result = await _replay(query, tenant, engine, settings, gateway, event_id=event_id)
-    if not result.items and not await run_in_threadpool(_event_exists, engine, tenant, event_id):
+    if not await run_in_threadpool(_event_exists, engine, tenant, event_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")
-    return result
+    query = ReplayQuery.model_validate((body or ReplayCreate()).model_dump())
+    return await _replay(query, tenant, engine, settings, gateway, event_id=event_id)
 
 
 async def _replay(
@@ -263,4 +262,4 @@ def _flow(engine: Engine, tenant: str, key: str) -> Flow | None:
 
 def _event_exists(engine: Engine, tenant: str, event_id: str) -> bool:
     with read_scope(engine) as session:
-        return q.get_event_detail(session, tenant, event_id) is not None
+        return q.get_event(session, tenant, event_id) is not None
