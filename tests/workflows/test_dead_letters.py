@@ -9,6 +9,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from tests.conftest import Herald, HeraldFactory, unique, venv_binary
 from tests.fakes.provider import FakeProvider
+from tests.workflows.test_notification import visible
 
 FAST = {"initial_interval": "PT0.1S", "backoff_coefficient": 1, "maximum_attempts": 2}
 EMAIL = {"channel": "email", "subject": "Hi", "text": "x", "retry": FAST}
@@ -39,10 +40,9 @@ async def test_exhausted_delivery_waits_and_is_sent_after_a_cli_retry_signal(
     assert (row["status"], row["attempts"], row["workflow_id"]) == ("failed", 2, workflow_id)
     assert "503" in row["reason"]
     handle = herald.client.get_workflow_handle(workflow_id)
-    desc = await handle.describe()
-    assert desc.status == WorkflowExecutionStatus.RUNNING
-    attrs = {p.key.name: p.value for p in desc.typed_search_attributes}
-    assert attrs["HeraldStatus"] == "failed"
+    # The row turns failed a moment before the workflow upserts HeraldStatus: wait for it.
+    await visible(herald.client, f'WorkflowId="{workflow_id}" AND HeraldStatus="failed"', 1)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
 
     fresh_provider.clear_faults()
     # Exactly what the Temporal UI's "Send Signal" dialog does.
