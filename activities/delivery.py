@@ -12,13 +12,20 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.policies import (
+    PERMANENT_PROVIDER,
+    PERMANENT_RECIPIENT,
+    PROVIDER_NOT_CONFIGURED,
+    TEMPLATE_ERROR,
+    TRANSIENT,
+)
 from activities.render import NoAddressError, build_message
 from channels.base import (
-    ChannelAdapter,
     Message,
     PermanentProviderError,
     TransientProviderError,
 )
+from channels.registry import Adapters
 from core.flows import Step
 from core.preferences import decide
 from core.templates import TemplateError
@@ -40,6 +47,12 @@ class DeliverInput(BaseModel):
     category: str
     critical: bool
     step: Step
+    # Which of the channel's providers to use (None: the worker's first), and the one the
+    # workflow will fail over to, so a provider-level refusal leaves the delivery pending.
+    provider: str | None = None
+    fallback: str | None = None
+    # Attempts spent on earlier providers, so `attempts` counts the whole delivery.
+    prior_attempts: int = 0
 
 
 class DeliverResult(BaseModel):
@@ -64,7 +77,7 @@ class ReopenInput(BaseModel):
 class DeliveryActivities:
     """Holds the engine and adapters so activities get them without globals."""
 
-    def __init__(self, engine: Engine, adapters: dict[Channel, ChannelAdapter]) -> None:
+    def __init__(self, engine: Engine, adapters: Adapters) -> None:
         self.engine = engine
         self.adapters = adapters
 
@@ -83,25 +96,43 @@ class DeliveryActivities:
     def deliver(self, inp: DeliverInput) -> DeliverResult:
         channel = Channel(inp.step.channel)
         attempt = activity.info().attempt
-        prepared = self._prepare(inp, channel, attempt)
+        attempts = inp.prior_attempts + attempt
+        providers = self.adapters[channel]
+        name = inp.provider or next(iter(providers))
+        adapter = providers.get(name)
+        if adapter is None:
+            raise ApplicationError(
+                f"{channel.value} provider {name!r} is not configured on this worker "
+                f"(it has {', '.join(providers)})",
+                name,
+                inp.prior_attempts,
+                type=PROVIDER_NOT_CONFIGURED,
+                non_retryable=True,
+            )
+        prepared = self._prepare(inp, channel, attempts)
         if isinstance(prepared, DeliverResult):
             return prepared
         message, subscriber_id = prepared
         try:
-            sent = self.adapters[channel].send(message)
+            sent = adapter.send(message)
         except PermanentProviderError as exc:
+            fails_over = inp.fallback is not None and not exc.recipient
             with session_scope(self.engine) as session:
                 transition(
                     session,
                     inp.delivery_id,
-                    DeliveryStatus.FAILED,
-                    detail=str(exc),
-                    attempts=attempt,
+                    DeliveryStatus.PENDING if fails_over else DeliveryStatus.FAILED,
+                    detail=f"{exc}; failing over to {inp.fallback}" if fails_over else str(exc),
+                    attempts=attempts,
                     provider=exc.provider,
                 )
                 _apply_verdict(session, message, subscriber_id, exc)
             raise ApplicationError(
-                str(exc), exc.code, type="PermanentProviderError", non_retryable=True
+                str(exc),
+                exc.code,
+                attempts,
+                type=PERMANENT_RECIPIENT if exc.recipient else PERMANENT_PROVIDER,
+                non_retryable=True,
             ) from exc
         except TransientProviderError as exc:
             with session_scope(self.engine) as session:
@@ -109,20 +140,20 @@ class DeliveryActivities:
                     session,
                     inp.delivery_id,
                     DeliveryStatus.PENDING,
-                    detail=f"attempt {attempt} failed: {exc}",
-                    attempts=attempt,
+                    detail=f"attempt {attempts} failed: {exc}",
+                    attempts=attempts,
                     provider=exc.provider,
                 )
             delay = None if exc.retry_after is None else timedelta(seconds=exc.retry_after)
             raise ApplicationError(
-                str(exc), exc.code, type="TransientProviderError", next_retry_delay=delay
+                str(exc), exc.code, attempts, type=TRANSIENT, next_retry_delay=delay
             ) from exc
         with session_scope(self.engine) as session:
             row = transition(
                 session,
                 inp.delivery_id,
                 DeliveryStatus.SENT,
-                attempts=attempt,
+                attempts=attempts,
                 reason=None,
                 provider=sent.provider,
                 provider_message_id=sent.provider_message_id,
@@ -170,7 +201,7 @@ class DeliveryActivities:
                 detail=str(template_error),
                 attempts=attempt,
             )
-        raise ApplicationError(str(template_error), type="TemplateError", non_retryable=True)
+        raise ApplicationError(str(template_error), type=TEMPLATE_ERROR, non_retryable=True)
 
     @activity.defn(name="record_failure")
     def record_failure(self, inp: RecordFailureInput) -> DeliverResult:

@@ -13,8 +13,24 @@ from temporalio.common import RetryPolicy
 
 from core.retry import RetrySpec
 
+# ApplicationError types the deliver activity raises; the Temporal UI shows them.
+TRANSIENT = "TransientProviderError"
+# The provider refused (credentials, account, request): the next provider may not.
+PERMANENT_PROVIDER = "PermanentProviderError"
+# The recipient is at fault (bad number, dead token, gone URL): no provider can help.
+PERMANENT_RECIPIENT = "PermanentRecipientError"
+PROVIDER_NOT_CONFIGURED = "ProviderNotConfigured"
+TEMPLATE_ERROR = "TemplateError"
+
 # Failures that can never succeed by retrying; adapters raise them as non-retryable too.
-PERMANENT_ERROR_TYPES = ["PermanentProviderError", "TemplateError"]
+PERMANENT_ERROR_TYPES = [
+    PERMANENT_PROVIDER,
+    PERMANENT_RECIPIENT,
+    PROVIDER_NOT_CONFIGURED,
+    TEMPLATE_ERROR,
+]
+# Failures after which the channel's next provider is tried (as is an exhausted policy).
+FAILOVER_ERROR_TYPES = frozenset({PERMANENT_PROVIDER, PROVIDER_NOT_CONFIGURED})
 
 
 def delivery_retry(spec: RetrySpec) -> RetryPolicy:

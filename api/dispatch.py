@@ -47,6 +47,7 @@ def workflow_input(
         delivery_ids=planned.delivery_ids,
         channel_queues={c: settings.channel_task_queue(c) for c in Channel},
         retry={c: settings.retry_for(c) for c in Channel},
+        providers={c: settings.providers_for(c) for c in Channel},
         dead_letter_retention=settings.dead_letter_retention,
         replay_id=n.replay_id,
     )

@@ -72,6 +72,7 @@ class ProviderError(Exception):
         code: str | None = None,
         retry_after: float | None = None,
         invalid_tokens: tuple[str, ...] = (),
+        recipient: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -79,6 +80,9 @@ class ProviderError(Exception):
         self.code = code
         self.retry_after = retry_after
         self.invalid_tokens = invalid_tokens
+        # True when the fault is the recipient's (bad number, dead token), so another
+        # provider of the channel cannot do better and failover is pointless.
+        self.recipient = recipient
 
     def __str__(self) -> str:
         code = f" [{self.code}]" if self.code else ""
@@ -90,7 +94,11 @@ class TransientProviderError(ProviderError):
 
 
 class PermanentProviderError(ProviderError):
-    """Retrying cannot help: bad address, rejected credentials, 4xx."""
+    """Retrying cannot help: bad address, rejected credentials, 4xx.
+
+    With ``recipient=False`` (the provider refused: credentials, account, request) the
+    channel's next provider is tried; with ``recipient=True`` the delivery fails.
+    """
 
 
 C = TypeVar("C", EmailContent, SmsContent, PushContent, WebhookContent)
@@ -110,6 +118,7 @@ def unpack(message: Message, kind: type[C], *, provider: str, one_recipient: boo
             f"expected exactly one recipient, got {len(message.to)}",
             provider=provider,
             code="bad_recipient",
+            recipient=True,
         )
     return content
 

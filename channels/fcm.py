@@ -92,7 +92,9 @@ class FcmAdapter:
         content = unpack(message, PushContent, provider=PROVIDER, one_recipient=False)
         tokens = list(dict.fromkeys(message.to))  # de-duplicated, order kept
         if not tokens:
-            raise PermanentProviderError("no push tokens", provider=PROVIDER, code="no_tokens")
+            raise PermanentProviderError(
+                "no push tokens", provider=PROVIDER, code="no_tokens", recipient=True
+            )
         if len(tokens) > MAX_TOKENS_PER_CALL:
             raise PermanentProviderError(
                 f"{len(tokens)} tokens exceed FCM's {MAX_TOKENS_PER_CALL} per call",
@@ -180,6 +182,7 @@ def _classify_all_failed(
             provider=PROVIDER,
             code=code,
             invalid_tokens=invalid,
+            recipient=True,
         )
     transient = [exc for exc in errors if isinstance(exc, _TRANSIENT_ERRORS)]
     if transient:

@@ -1,6 +1,6 @@
-"""Choose one adapter per channel from the settings.
+"""Build each channel's providers, in failover order, from the settings.
 
-A channel whose provider has no credentials falls back to the sandbox, so a fresh dev
+A channel with no configured provider falls back to the sandbox, so a fresh dev
 setup works end to end without accounts. Webhooks need no credentials and are always real.
 """
 
@@ -11,66 +11,56 @@ from collections.abc import Callable
 
 from channels.base import ChannelAdapter, Message
 from channels.sandbox import SandboxAdapter
-from core.settings import Settings
+from core.settings import SANDBOX, Settings
 from core.types import Channel
 
 log = logging.getLogger(__name__)
 
-
-def email_configured(settings: Settings) -> bool:
-    return settings.sendgrid_api_key is not None and bool(
-        settings.sendgrid_api_key.get_secret_value()
-    )
+Adapters = dict[Channel, dict[str, ChannelAdapter]]
 
 
-def sms_configured(settings: Settings) -> bool:
-    return bool(
-        settings.twilio_account_sid
-        and settings.twilio_auth_token is not None
-        and settings.twilio_auth_token.get_secret_value()
-        and settings.twilio_from_number
-    )
-
-
-def push_configured(settings: Settings) -> bool:
-    return settings.fcm_credentials_file is not None
-
-
-def build_adapters(
-    settings: Settings, sandbox_sink: Callable[[Message], None]
-) -> dict[Channel, ChannelAdapter]:
-    """One adapter per channel; SDK imports happen only for configured providers."""
-    adapters: dict[Channel, ChannelAdapter] = {}
-
-    if email_configured(settings):
+def _build(
+    name: str, channel: Channel, settings: Settings, sandbox_sink: Callable[[Message], None]
+) -> ChannelAdapter:
+    """SDK imports happen only for providers in use."""
+    if name == SANDBOX:
+        return SandboxAdapter(channel, sandbox_sink)
+    if name == "sendgrid":
         from channels.sendgrid import SendGridAdapter
 
-        adapters[Channel.EMAIL] = SendGridAdapter(settings)
-    else:
-        adapters[Channel.EMAIL] = SandboxAdapter(Channel.EMAIL, sandbox_sink)
+        return SendGridAdapter(settings)
+    if name == "smtp":
+        from channels.smtp import SmtpAdapter
 
-    if sms_configured(settings):
+        return SmtpAdapter(settings)
+    if name == "twilio":
         from channels.twilio import TwilioAdapter
 
-        adapters[Channel.SMS] = TwilioAdapter(settings)
-    else:
-        adapters[Channel.SMS] = SandboxAdapter(Channel.SMS, sandbox_sink)
-
-    if push_configured(settings):
+        return TwilioAdapter(settings)
+    if name == "fcm":
         from channels.fcm import FcmAdapter
 
-        adapters[Channel.PUSH] = FcmAdapter(settings)
-    else:
-        adapters[Channel.PUSH] = SandboxAdapter(Channel.PUSH, sandbox_sink)
+        return FcmAdapter(settings)
+    if name == "webhook":
+        from channels.webhook import WebhookAdapter
 
-    from channels.webhook import WebhookAdapter
+        return WebhookAdapter(settings)
+    raise ValueError(f"unknown provider {name!r} for {channel.value}")
 
-    adapters[Channel.WEBHOOK] = WebhookAdapter(settings)
 
+def build_adapters(settings: Settings, sandbox_sink: Callable[[Message], None]) -> Adapters:
+    """Every channel's providers, keyed by name, in the order ``providers_for`` gives."""
+    adapters: Adapters = {
+        channel: {
+            name: _build(name, channel, settings, sandbox_sink)
+            for name in settings.providers_for(channel)
+        }
+        for channel in Channel
+    }
     log.info("channel providers: %s", describe(adapters))
     return adapters
 
 
-def describe(adapters: dict[Channel, ChannelAdapter]) -> dict[str, str]:
-    """``{"email": "sendgrid", "sms": "sandbox", ...}`` for logs and the health endpoint."""
-    return {channel.value: adapter.provider for channel, adapter in adapters.items()}
+def describe(adapters: Adapters) -> dict[str, str]:
+    """``{"email": "sendgrid>smtp", "sms": "sandbox", ...}`` for logs and the health endpoint."""
+    return {channel.value: ">".join(providers) for channel, providers in adapters.items()}

@@ -33,6 +33,9 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 # Twilio error codes (https://www.twilio.com/docs/api/errors).
 AUTH_CODES = frozenset({20003})
 TRANSIENT_CODES = frozenset({20429})
+# The number's fault, not the account's: another SMS provider would fail the same way.
+# 21211 invalid, 21612 unreachable route, 21614 not mobile, 21610 unsubscribed (STOP).
+RECIPIENT_CODES = frozenset({21211, 21612, 21614, 21610})
 
 
 class RetryAfterHttpClient(TwilioHttpClient):
@@ -128,4 +131,6 @@ class TwilioAdapter:
         if status == 401 or code in AUTH_CODES:
             return PermanentProviderError(text, provider=PROVIDER, code="auth")
         # 21211 invalid number, 21614 not a mobile number, 21610 unsubscribed (STOP), ...
-        return PermanentProviderError(text, provider=PROVIDER, code=str(code or status))
+        return PermanentProviderError(
+            text, provider=PROVIDER, code=str(code or status), recipient=code in RECIPIENT_CODES
+        )

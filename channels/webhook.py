@@ -78,7 +78,7 @@ class WebhookAdapter:
                 snippet = b"" if response.is_success else _read_some(response)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise PermanentProviderError(
-                f"bad webhook URL {url!r}: {exc}", provider=PROVIDER, code="bad_url"
+                f"bad webhook URL {url!r}: {exc}", provider=PROVIDER, code="bad_url", recipient=True
             ) from exc
         except httpx.TimeoutException as exc:
             raise TransientProviderError(
@@ -107,7 +107,8 @@ class WebhookAdapter:
         if 300 <= status < 400:
             detail += " (redirects are not followed)"
         # 410 Gone: the receiver asks us to stop; the caller disables the endpoint.
-        raise PermanentProviderError(detail, provider=PROVIDER, code=str(status))
+        # The URL is the recipient: no other provider could reach it.
+        raise PermanentProviderError(detail, provider=PROVIDER, code=str(status), recipient=True)
 
 
 def _read_some(response: httpx.Response) -> bytes:

@@ -14,6 +14,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.retry import RetrySpec
 from core.types import Channel
 
+# Each channel's providers in default priority order; "sandbox" stands in for none.
+KNOWN_PROVIDERS: dict[Channel, tuple[str, ...]] = {
+    Channel.EMAIL: ("sendgrid", "smtp"),
+    Channel.SMS: ("twilio",),
+    Channel.PUSH: ("fcm",),
+    Channel.WEBHOOK: ("webhook",),
+}
+SANDBOX = "sandbox"
+
 # A fixed dev secret keeps signatures reproducible locally; production refuses it.
 DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herald-dev-webhook-secret-0001").decode()
 
@@ -46,6 +55,11 @@ class Settings(BaseSettings):
     twilio_base_url: str = "https://api.twilio.com"
     fcm_credentials_file: Path | None = None
     fcm_base_url: str = "https://fcm.googleapis.com"
+    # smtp://user:pass@host:587?starttls=true or smtps://user:pass@host:465
+    smtp_url: SecretStr | None = None
+    # Priority order per channel, e.g. HERALD_PROVIDERS='{"email": ["sendgrid", "smtp"]}';
+    # unset channels use every configured provider in KNOWN_PROVIDERS order.
+    providers: dict[Channel, list[str]] = Field(default_factory=dict)
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
@@ -91,6 +105,30 @@ class Settings(BaseSettings):
             raise ValueError("the part after whsec_ must be base64") from exc
         return v
 
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, v: dict[Channel, list[str]]) -> dict[Channel, list[str]]:
+        for channel, names in v.items():
+            allowed = (*KNOWN_PROVIDERS[channel], SANDBOX)
+            unknown = [n for n in names if n not in allowed]
+            if unknown or not names or len(set(names)) != len(names):
+                raise ValueError(
+                    f"{channel.value}: expected distinct names from {', '.join(allowed)}, "
+                    f"got {names}"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _listed_providers_are_configured(self) -> Settings:
+        for channel, names in self.providers.items():
+            missing = [n for n in names if not self.provider_configured(n)]
+            if missing:
+                raise ValueError(
+                    f"HERALD_PROVIDERS lists {', '.join(missing)} for {channel.value} "
+                    "without its credentials"
+                )
+        return self
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.env != "production":
@@ -113,6 +151,30 @@ class Settings(BaseSettings):
                 raise ValueError("HERALD_API_KEYS entries must look like key:tenant")
             pairs[key] = tenant
         return pairs
+
+    def provider_configured(self, name: str) -> bool:
+        """Whether ``name`` has the credentials it needs (webhooks and the sandbox need none)."""
+        if name == "sendgrid":
+            return bool(self.sendgrid_api_key and self.sendgrid_api_key.get_secret_value())
+        if name == "smtp":
+            return bool(self.smtp_url and self.smtp_url.get_secret_value())
+        if name == "twilio":
+            return bool(
+                self.twilio_account_sid
+                and self.twilio_auth_token
+                and self.twilio_auth_token.get_secret_value()
+                and self.twilio_from_number
+            )
+        if name == "fcm":
+            return self.fcm_credentials_file is not None
+        return name in ("webhook", SANDBOX)
+
+    def providers_for(self, channel: Channel) -> list[str]:
+        """The channel's providers in failover order; the sandbox when none is configured."""
+        names = self.providers.get(channel) or [
+            n for n in KNOWN_PROVIDERS[channel] if self.provider_configured(n)
+        ]
+        return names or [SANDBOX]
 
     @property
     def temporal_target(self) -> str:

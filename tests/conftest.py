@@ -242,16 +242,16 @@ async def herald_factory(
     fresh_provider: FakeProvider,
     tmp_path: Path,
 ) -> AsyncIterator[HeraldFactory]:
-    """Start Herald with chosen queues; ``providers=False`` leaves channels on the sandbox."""
+    """Start Herald with chosen queues; ``fake_providers=False`` leaves channels on the sandbox."""
     async with AsyncExitStack() as stack:
 
         async def factory(
             queues: Sequence[str] = ALL_QUEUES,
-            providers: bool = True,
+            fake_providers: bool = True,
             api_connects_itself: bool = False,
             **overrides: Any,
         ) -> Herald:
-            if providers:
+            if fake_providers:
                 overrides = {**fresh_provider.settings_overrides(tmp_path), **overrides}
             return await start_herald(
                 stack,
@@ -275,4 +275,4 @@ async def herald(herald_factory: HeraldFactory) -> Herald:
 @pytest.fixture
 async def sandbox_herald(herald_factory: HeraldFactory) -> Herald:
     """Herald with no provider configured: email, SMS and push go to the sandbox."""
-    return await herald_factory(providers=False)
+    return await herald_factory(fake_providers=False)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from activities.delivery import (
@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         ReopenInput,
     )
     from activities.policies import (
+        FAILOVER_ERROR_TYPES,
         RECORD_RETRY,
         RECORD_TIMEOUT,
         delivery_retry,
@@ -121,34 +122,72 @@ class NotificationWorkflow:
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
 
     async def _send(self, inp: NotificationInput, index: int) -> DeliverResult:
+        """Run one step, failing over through the channel's providers in priority order."""
         delivery_id = inp.delivery_ids[index]
         step = inp.flow.steps[index]
         channel = Channel(step.channel)
         policy = inp.retry[channel].merged(step.retry)
-        try:
-            return await workflow.execute_activity_method(
-                DeliveryActivities.deliver,
-                DeliverInput(
-                    delivery_id=delivery_id,
-                    flow_key=inp.flow.key,
-                    category=inp.flow.category,
-                    critical=inp.flow.critical,
-                    step=step,
-                ),
-                task_queue=inp.channel_queues[channel],
-                start_to_close_timeout=policy.start_to_close,
-                schedule_to_close_timeout=policy.schedule_to_close,
-                retry_policy=delivery_retry(policy),
-                summary=f"step {index + 1}: {channel.value}",
-            )
-        except ActivityError as err:
-            return await workflow.execute_local_activity_method(
-                DeliveryActivities.record_failure,
-                RecordFailureInput(delivery_id=delivery_id, reason=_reason(err)),
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary=f"record step {index + 1} failed",
-            )
+        providers: list[str | None] = list(inp.providers.get(channel) or ())
+        if not providers:
+            providers = [None]
+        attempts = 0
+        for n, provider in enumerate(providers):
+            fallback = providers[n + 1] if n + 1 < len(providers) else None
+            via = "" if provider is None else f" via {provider}"
+            try:
+                return await workflow.execute_activity_method(
+                    DeliveryActivities.deliver,
+                    DeliverInput(
+                        delivery_id=delivery_id,
+                        flow_key=inp.flow.key,
+                        category=inp.flow.category,
+                        critical=inp.flow.critical,
+                        step=step,
+                        provider=provider,
+                        fallback=fallback,
+                        prior_attempts=attempts,
+                    ),
+                    task_queue=inp.channel_queues[channel],
+                    start_to_close_timeout=policy.start_to_close,
+                    schedule_to_close_timeout=policy.schedule_to_close,
+                    retry_policy=delivery_retry(policy),
+                    summary=f"step {index + 1}: {channel.value}{via}",
+                )
+            except ActivityError as err:
+                attempts = max(attempts, _attempts(err))
+                if fallback is None or not _fails_over(err):
+                    return await self._record_failure(delivery_id, index, _reason(err))
+                workflow.logger.info("%s failed over to %s: %s", provider, fallback, _reason(err))
+        raise AssertionError("unreachable: the last provider has no fallback")
+
+    async def _record_failure(self, delivery_id: str, index: int, reason: str) -> DeliverResult:
+        return await workflow.execute_local_activity_method(
+            DeliveryActivities.record_failure,
+            RecordFailureInput(delivery_id=delivery_id, reason=reason),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary=f"record step {index + 1} failed",
+        )
+
+
+def _fails_over(err: ActivityError) -> bool:
+    """A provider-level refusal, or a policy used up: worth trying the next provider."""
+    if err.retry_state in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT):
+        return True
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and cause.type in FAILOVER_ERROR_TYPES
+
+
+def _attempts(err: ActivityError) -> int:
+    """Attempts the failed activity recorded (the deliver activity's last detail)."""
+    cause: BaseException | None = err.cause
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError) and cause.details:
+        last = cause.details[-1]
+        if isinstance(last, int):
+            return last
+    return 0
 
 
 def _details(results: list[DeliverResult], waiting: timedelta | None = None) -> str:

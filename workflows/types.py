@@ -28,6 +28,8 @@ class NotificationInput(BaseModel):
     flow: FlowDefinition
     delivery_ids: list[str]
     channel_queues: dict[Channel, str]
+    # Each channel's providers in failover order (empty: the worker's first provider only).
+    providers: dict[Channel, list[str]] = {}
     # Channel defaults as configured when the event was accepted; steps may override them.
     retry: dict[Channel, RetrySpec]
     # Failed deliveries keep the workflow open this long, waiting for a `retry` signal.

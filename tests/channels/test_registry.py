@@ -28,9 +28,10 @@ def test_unconfigured_providers_fall_back_to_sandbox():
     adapters = build_adapters(unconfigured_settings(), lambda message: None)
 
     for channel in (Channel.EMAIL, Channel.SMS, Channel.PUSH):
-        assert isinstance(adapters[channel], SandboxAdapter)
-        assert adapters[channel].channel == channel
-    assert isinstance(adapters[Channel.WEBHOOK], WebhookAdapter)
+        (sandbox,) = adapters[channel].values()
+        assert isinstance(sandbox, SandboxAdapter)
+        assert sandbox.channel == channel
+    assert isinstance(adapters[Channel.WEBHOOK]["webhook"], WebhookAdapter)
     assert describe(adapters) == {
         "email": "sandbox",
         "sms": "sandbox",
@@ -42,16 +43,16 @@ def test_unconfigured_providers_fall_back_to_sandbox():
 def test_partial_twilio_config_is_sandboxed(make_settings):
     adapters = build_adapters(make_settings(twilio_from_number=None), lambda message: None)
 
-    assert isinstance(adapters[Channel.SMS], SandboxAdapter)
-    assert isinstance(adapters[Channel.EMAIL], SendGridAdapter)
+    assert isinstance(adapters[Channel.SMS]["sandbox"], SandboxAdapter)
+    assert isinstance(adapters[Channel.EMAIL]["sendgrid"], SendGridAdapter)
 
 
 def test_configured_providers_are_real(make_settings):
     adapters = build_adapters(make_settings(), lambda message: None)
     try:
-        assert isinstance(adapters[Channel.EMAIL], SendGridAdapter)
-        assert isinstance(adapters[Channel.SMS], TwilioAdapter)
-        assert isinstance(adapters[Channel.PUSH], FcmAdapter)
+        assert isinstance(adapters[Channel.EMAIL]["sendgrid"], SendGridAdapter)
+        assert isinstance(adapters[Channel.SMS]["twilio"], TwilioAdapter)
+        assert isinstance(adapters[Channel.PUSH]["fcm"], FcmAdapter)
         assert describe(adapters) == {
             "email": "sendgrid",
             "sms": "twilio",
@@ -59,7 +60,7 @@ def test_configured_providers_are_real(make_settings):
             "webhook": "webhook",
         }
     finally:
-        push = adapters[Channel.PUSH]
+        push = adapters[Channel.PUSH]["fcm"]
         assert isinstance(push, FcmAdapter)
         push.close()
 
@@ -75,3 +76,19 @@ def test_sandbox_hands_the_message_to_the_sink(make_message):
     assert result.provider == "sandbox"
     assert result.provider_message_id.startswith("sbx_")
     assert adapter.send(message).provider_message_id != result.provider_message_id
+
+
+def test_email_lists_sendgrid_then_smtp_when_both_are_configured(make_settings):
+    from channels.smtp import SmtpAdapter
+
+    adapters = build_adapters(
+        make_settings(smtp_url="smtp://u:p@127.0.0.1:2525"), lambda message: None
+    )
+    try:
+        assert list(adapters[Channel.EMAIL]) == ["sendgrid", "smtp"]
+        assert isinstance(adapters[Channel.EMAIL]["smtp"], SmtpAdapter)
+        assert describe(adapters)["email"] == "sendgrid>smtp"
+    finally:
+        push = adapters[Channel.PUSH]["fcm"]
+        assert isinstance(push, FcmAdapter)
+        push.close()

@@ -58,3 +58,42 @@ def test_channel_retry_defaults_from_env_json(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HERALD_RETRY_SMS", '{"initial_interval": "-PT5S"}')
     with pytest.raises(ValidationError, match="positive duration"):
         Settings()
+
+
+def test_providers_default_to_every_configured_one_in_priority_order() -> None:
+    bare = Settings(env="test", sendgrid_api_key=None, smtp_url=None)
+    assert bare.providers_for(Channel.EMAIL) == ["sandbox"]
+    assert bare.providers_for(Channel.WEBHOOK) == ["webhook"]
+    both = Settings.model_validate(
+        {"env": "test", "sendgrid_api_key": "SG.x", "smtp_url": "smtp://127.0.0.1:2525"}
+    )
+    assert both.providers_for(Channel.EMAIL) == ["sendgrid", "smtp"]
+    smtp_only = Settings.model_validate(
+        {"env": "test", "sendgrid_api_key": None, "smtp_url": "smtp://127.0.0.1:2525"}
+    )
+    assert smtp_only.providers_for(Channel.EMAIL) == ["smtp"]
+
+
+def test_provider_order_from_env_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_PROVIDERS", '{"email": ["smtp", "sendgrid"]}')
+    s = Settings.model_validate(
+        {"env": "test", "sendgrid_api_key": "SG.x", "smtp_url": "smtp://127.0.0.1:2525"}
+    )
+    assert s.providers_for(Channel.EMAIL) == ["smtp", "sendgrid"]
+
+
+@pytest.mark.parametrize(
+    ("providers", "message"),
+    [
+        ({"email": ["mailgun"]}, "expected distinct names"),
+        ({"sms": ["sendgrid"]}, "expected distinct names"),
+        ({"email": ["smtp", "smtp"]}, "expected distinct names"),
+        ({"email": []}, "expected distinct names"),
+        ({"email": ["sendgrid", "smtp"]}, "lists smtp for email without its credentials"),
+    ],
+)
+def test_bad_provider_lists_are_refused(providers: dict[str, list[str]], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings.model_validate(
+            {"env": "test", "sendgrid_api_key": "SG.x", "smtp_url": None, "providers": providers}
+        )
