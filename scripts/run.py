@@ -163,8 +163,7 @@ class Supervisor:
             if code is not None and not child.stopping:
                 how = f"with code {code}" if code >= 0 else f"on signal {_signal_name(-code)}"
                 self.failed = (
-                    f"{child.name} exited unexpectedly {how}; last output:\n"
-                    f"{child.tail_text()}"
+                    f"{child.name} exited unexpectedly {how}; last output:\n{child.tail_text()}"
                 )
                 raise Stop(self.failed)
 
@@ -249,6 +248,10 @@ def temporal_command(
         "--sqlite-pragma", "journal_mode=wal",
         "--sqlite-pragma", "synchronous=normal",
         "--log-level", "warn",
+        # One partition per task queue: a rate limit is split over the partitions and
+        # their sends bunch together. (Production: set these per task queue in dynamic config.)
+        "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+        "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
     ]  # fmt: skip
     if headless:
         argv.append("--headless")

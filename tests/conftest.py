@@ -67,6 +67,14 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=[SearchAttributeKey.for_keyword(n) for n in SEARCH_ATTRIBUTES],
         dev_server_log_level="error",
+        # One partition per task queue, as scripts/run.py starts it: the server splits a
+        # queue's rate limit over its partitions and their sends bunch together.
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "matching.numTaskqueueReadPartitions=1",
+            "--dynamic-config-value",
+            "matching.numTaskqueueWritePartitions=1",
+        ],
     )
     try:
         yield env

@@ -58,6 +58,7 @@ def build_workers(
                 )
             )
         else:
+            rate = settings.rate_limit_for(Channel(queue))
             workers.append(
                 Worker(
                     client,
@@ -67,7 +68,10 @@ def build_workers(
                     max_concurrent_activities=per_queue,
                     # Enforced by the server for the whole queue, so it holds across
                     # every worker process serving this channel.
-                    max_task_queue_activities_per_second=settings.rate_limit_for(Channel(queue)),
+                    max_task_queue_activities_per_second=rate,
+                    # The server's token bucket lets a full second's worth out at once
+                    # after a quiet spell; this per-worker limiter spaces sends evenly.
+                    max_activities_per_second=rate,
                 )
             )
     return workers, executor
