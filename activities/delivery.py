@@ -26,13 +26,14 @@ from channels.base import (
     TransientProviderError,
 )
 from channels.registry import Adapters
-from core.flows import Step
+from core.flows import AnySendStep
 from core.preferences import decide
 from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
 from store.deliveries import add_sandbox_message, is_final, load_context, reopen, transition
 from store.models import Delivery, Preference, Subscriber
+from store.notifications import events_in_order
 from store.subscribers import disable_webhook_url, opt_out_channel, remove_push_tokens
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ class DeliverInput(BaseModel):
     flow_key: str
     category: str
     critical: bool
-    step: Step
+    step: AnySendStep
+    default_locale: str = "en"
+    # Set when this send carries a digest: the events folded into it, oldest first.
+    digest_event_ids: list[str] | None = None
     # Which of the channel's providers to use (None: the worker's first), and the one the
     # workflow will fail over to, so a provider-level refusal leaves the delivery pending.
     provider: str | None = None
@@ -160,7 +164,7 @@ class DeliveryActivities:
             )
             if sent.invalid_tokens:
                 remove_push_tokens(session, message.tenant_id, subscriber_id, sent.invalid_tokens)
-            return _result(row)
+            return result_of(row)
 
     def _prepare(
         self, inp: DeliverInput, channel: Channel, attempt: int
@@ -174,15 +178,22 @@ class DeliveryActivities:
                 raise ApplicationError(f"delivery {inp.delivery_id} not found", non_retryable=True)
             if is_final(ctx.delivery):
                 # Finished by an earlier attempt whose completion was lost: never resend.
-                return _result(ctx.delivery)
+                return result_of(ctx.delivery)
             skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
             if skip is None and ctx.subscriber is not None:
                 try:
+                    digest = (
+                        None
+                        if inp.digest_event_ids is None
+                        else events_in_order(session, inp.digest_event_ids)
+                    )
                     message = build_message(
                         inp.step,
                         delivery_id=inp.delivery_id,
                         event=ctx.event,
                         subscriber=ctx.subscriber,
+                        default_locale=inp.default_locale,
+                        digest=digest,
                     )
                     return message, ctx.subscriber.id
                 except NoAddressError as exc:
@@ -191,7 +202,7 @@ class DeliveryActivities:
                     template_error = exc
         with session_scope(self.engine) as session:
             if template_error is None:
-                return _result(
+                return result_of(
                     transition(session, inp.delivery_id, DeliveryStatus.SKIPPED, detail=skip)
                 )
             transition(
@@ -207,7 +218,7 @@ class DeliveryActivities:
     def record_failure(self, inp: RecordFailureInput) -> DeliverResult:
         """Mark a delivery failed once Temporal has given up on it (attempts or deadline)."""
         with session_scope(self.engine) as session:
-            return _result(
+            return result_of(
                 transition(session, inp.delivery_id, DeliveryStatus.FAILED, detail=inp.reason)
             )
 
@@ -256,7 +267,7 @@ def _skip_reason(
     )
 
 
-def _result(row: Delivery) -> DeliverResult:
+def result_of(row: Delivery) -> DeliverResult:
     return DeliverResult(
         delivery_id=row.id,
         channel=Channel(row.channel),

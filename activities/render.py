@@ -12,7 +12,7 @@ from channels.base import (
     SmsContent,
     WebhookContent,
 )
-from core.flows import EmailStep, PushStep, SmsStep, Step, WebhookStep
+from core.flows import EmailStep, PushStep, SendStep, SmsStep, WebhookStep
 from core.templates import render, render_tree
 from core.types import Channel
 from store.models import Event, Subscriber
@@ -48,8 +48,44 @@ def envelope(event: Event) -> dict[str, Any]:
     }
 
 
-def build_message(step: Step, *, delivery_id: str, event: Event, subscriber: Subscriber) -> Message:
+def localized(step: SendStep, locale: str | None, default_locale: str) -> SendStep:
+    """The step with its best locale variant laid over it: de-AT, then de, then the default."""
+    locales = getattr(step, "locales", None)
+    if not locales:
+        return step
+    wanted: list[str] = []
+    for tag in (locale, default_locale):
+        if tag:
+            tag = tag.replace("_", "-")
+            wanted += [tag, tag.split("-")[0]]
+    by_lower = {k.replace("_", "-").lower(): v for k, v in locales.items()}
+    for tag in wanted:
+        variant = by_lower.get(tag.lower())
+        if variant is not None:
+            update = variant.model_dump(exclude_none=True)
+            if "text" in update and "html" not in update and isinstance(step, EmailStep):
+                update["html"] = None  # never pair translated text with the base HTML
+            return step.model_copy(update=update)
+    return step
+
+
+def digest_context(events: list[Event]) -> dict[str, Any]:
+    return {"count": len(events), "events": [envelope(e) for e in events]}
+
+
+def build_message(
+    step: SendStep,
+    *,
+    delivery_id: str,
+    event: Event,
+    subscriber: Subscriber,
+    default_locale: str = "en",
+    digest: list[Event] | None = None,
+) -> Message:
     ctx = template_context(event, subscriber)
+    if digest is not None:
+        ctx["digest"] = digest_context(digest)
+    step = localized(step, subscriber.locale, default_locale)
     to: tuple[str, ...]
     content: Content
     if isinstance(step, EmailStep):

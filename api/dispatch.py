@@ -19,16 +19,18 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.temporal import TemporalGateway, TemporalUnavailableError
 from core.flows import FlowDefinition
 from core.settings import Settings
-from core.types import Channel
+from core.templates import TemplateError, render
+from core.types import Channel, digest_workflow_id, notification_workflow_id
 from store.events import AcceptedEvent, PlannedNotification, mark_dispatched, undispatched
 from store.models import utcnow
+from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow, identifying_attributes, summary
-from workflows.types import NotificationInput
+from workflows.types import DigestInput, DigestItem, NotificationInput, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +72,73 @@ async def _start(client: Client, settings: Settings, inp: NotificationInput, wf_
         log.debug("workflow %s already ran; start is a no-op", wf_id)
 
 
+async def _add_to_digest(
+    client: Client, settings: Settings, inp: NotificationInput, accepted: AcceptedEvent
+) -> None:
+    """Signal-with-start: the open digest takes the event, or a new window opens with it."""
+    digest = inp.flow.digest
+    assert digest is not None
+    key = None
+    if digest.key:
+        context = {"data": accepted.event.data, "event": {"id": accepted.event.id}}
+        try:
+            key = render(digest.key, context).strip() or None
+        except TemplateError as exc:
+            # Failing here would fail every re-dispatch too: batch it under no key instead.
+            log.warning("digest key of flow %s: %s; using no key", inp.flow.key, exc)
+    digest_id = digest_workflow_id(
+        inp.tenant_id, inp.flow.key, inp.subscriber_id, key, inp.replay_id
+    )
+    item = DigestItem(
+        notification_id=inp.notification_id,
+        event_id=inp.event_id,
+        workflow_id=notification_workflow_id(
+            inp.tenant_id, inp.event_id, inp.flow.key, inp.subscriber_id, inp.replay_id
+        ),
+        delivery_ids=inp.delivery_ids,
+    )
+    template = inp.model_copy(update={"digest_event_ids": []})
+    await client.start_workflow(
+        DigestWorkflow.run,
+        DigestInput(template=template, digest_id=digest_id),
+        id=digest_id,
+        task_queue=settings.workflow_task_queue,
+        start_signal="add",
+        start_signal_args=[item],
+        # Each window is a new run of the same id; a running one just takes the signal.
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes(identifying_attributes(inp)),
+        static_summary=f"digest: {inp.flow.key} → {inp.subscriber_id} (window {digest.window})",
+    )
+
+
+async def _wake(client: Client, workflow_id: str, reason: str) -> None:
+    """Best effort: the stop is already stored, and checked before every step."""
+    try:
+        await client.get_workflow_handle(workflow_id).signal("stop", StopRequest(reason=reason))
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
 async def dispatch(gateway: TemporalGateway, settings: Settings, accepted: AcceptedEvent) -> None:
     """Start every notification of one event; raises if Temporal cannot be reached."""
-    if not accepted.notifications:
+    if not accepted.notifications and not accepted.exited:
         return
     client = await gateway.client()
+    starts = []
+    for p in accepted.notifications:
+        if not p.runs:
+            continue
+        inp = workflow_input(settings, accepted, p)
+        if inp.flow.digest is not None and inp.replay_id is None:
+            starts.append(_add_to_digest(client, settings, inp, accepted))
+        else:
+            starts.append(_start(client, settings, inp, p.notification.workflow_id))
+    reason = f"exited: {accepted.event.type} event {accepted.event.id}"
+    starts.extend(_wake(client, wf, reason) for wf in accepted.exited)
     try:
-        await asyncio.gather(
-            *(
-                _start(
-                    client,
-                    settings,
-                    workflow_input(settings, accepted, p),
-                    p.notification.workflow_id,
-                )
-                for p in accepted.notifications
-            )
-        )
+        await asyncio.gather(*starts)
     except RPCError as exc:
         gateway.mark_unreachable(exc)
         raise TemporalUnavailableError(str(exc)) from exc

@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from api.deps import EngineDep, GatewayDep
 from api.dispatch import Dispatcher
-from api.routes import deliveries, events, flows, sandbox, subscribers
+from api.routes import deliveries, events, flows, notifications, sandbox, subscribers
 from api.temporal import TemporalGateway, TemporalUnavailableError
 from core.settings import Settings, get_settings
 from store.db import init_db, make_engine, session_scope
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         description="Publish business events; Herald delivers notifications durably on Temporal.",
         lifespan=lifespan,
     )
-    for module in (subscribers, flows, events, deliveries, sandbox):
+    for module in (subscribers, flows, notifications, events, deliveries, sandbox):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

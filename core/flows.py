@@ -9,22 +9,57 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from core.retry import RetryOverride
+from core.preferences import HHMM
+from core.retry import Duration, RetryOverride
 from core.templates import check_template, check_tree
 from core.types import Channel
 
 FLOW_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
+Locale = Annotated[str, Field(pattern=LOCALE_PATTERN)]
+ACKNOWLEDGED = "acknowledged"
 
 
-class _Step(BaseModel):
+class _Pure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class _Step(_Pure):
+    type: Literal["send"] = Field(default="send", description="Optional for send steps")
     retry: RetryOverride | None = Field(
         default=None, description="Overrides the channel's default retry policy"
     )
+    unless: Literal["acknowledged"] | None = Field(
+        default=None, description="Skip this send if the notification was acknowledged"
+    )
+
+
+class EmailLocale(_Pure):
+    subject: str | None = Field(default=None, min_length=1)
+    text: str | None = Field(default=None, min_length=1)
+    html: str | None = None
+
+
+class SmsLocale(_Pure):
+    text: str = Field(min_length=1)
+
+
+class PushLocale(_Pure):
+    title: str | None = Field(default=None, min_length=1)
+    body: str | None = Field(default=None, min_length=1)
 
 
 class EmailStep(_Step):
@@ -32,11 +67,15 @@ class EmailStep(_Step):
     subject: str = Field(min_length=1)
     text: str = Field(min_length=1)
     html: str | None = None
+    locales: dict[Locale, EmailLocale] = Field(
+        default_factory=dict, description="Per-locale overrides of subject, text and html"
+    )
 
 
 class SmsStep(_Step):
     channel: Literal[Channel.SMS] = Channel.SMS
     text: str = Field(min_length=1)
+    locales: dict[Locale, SmsLocale] = Field(default_factory=dict)
 
 
 class PushStep(_Step):
@@ -44,6 +83,7 @@ class PushStep(_Step):
     title: str = Field(min_length=1)
     body: str = Field(min_length=1)
     data: dict[str, str] = Field(default_factory=dict)
+    locales: dict[Locale, PushLocale] = Field(default_factory=dict)
 
 
 class WebhookStep(_Step):
@@ -54,7 +94,94 @@ class WebhookStep(_Step):
     )
 
 
-Step = Annotated[EmailStep | SmsStep | PushStep | WebhookStep, Field(discriminator="channel")]
+SendStep = EmailStep | SmsStep | PushStep | WebhookStep
+# What the deliver activity takes: one send step, told apart by its channel.
+AnySendStep = Annotated[SendStep, Field(discriminator="channel")]
+
+
+class DelayStep(_Pure):
+    """Pause for a duration, until a timestamp from the event, or until a local clock time."""
+
+    type: Literal["delay"]
+    duration: Duration | None = Field(default=None, description="ISO 8601, e.g. PT10M, P2D, P1W")
+    until: str | None = Field(
+        default=None, description="A template giving an ISO 8601 timestamp, e.g. {{ data.at }}"
+    )
+    until_local: str | None = Field(
+        default=None,
+        pattern=HHMM,
+        description="The next HH:MM in the subscriber's timezone (a send window)",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DelayStep:
+        given = [n for n in ("duration", "until", "until_local") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "delay_target", "a delay needs exactly one of duration, until or until_local"
+            )
+        return self
+
+
+class WaitStep(_Pure):
+    """Wait out ``duration``, or less if the notification is acknowledged first."""
+
+    type: Literal["wait"]
+    duration: Duration
+    until: Literal["acknowledged"] = "acknowledged"
+
+
+class DigestStep(_Pure):
+    """Fold every event of the flow for one subscriber (and key) within ``window`` into one."""
+
+    type: Literal["digest"]
+    window: Duration
+    key: str | None = Field(default=None, description="A template, e.g. {{ data.thread_id }}")
+    max_items: int = Field(default=100, ge=1, le=1000, description="Closes the window early")
+
+
+ControlStep = DelayStep | WaitStep | DigestStep
+SEND_TAGS = tuple(c.value for c in Channel)
+STEP_TAGS = (*SEND_TAGS, "delay", "wait", "digest")
+
+
+def step_tag(value: Any) -> str | None:
+    """Control steps are told apart by ``type``; send steps by ``channel``."""
+    if isinstance(value, dict):
+        kind, channel = value.get("type"), value.get("channel")
+    else:
+        kind, channel = getattr(value, "type", None), getattr(value, "channel", None)
+    if kind in (None, "send"):
+        return None if channel is None else str(getattr(channel, "value", channel))
+    return str(kind)
+
+
+_UNKNOWN_STEP = {
+    "custom_error_type": "unknown_step_type",
+    "custom_error_message": (
+        "unknown step type: expected a send step with channel "
+        f"{', '.join(SEND_TAGS)}, or type delay, wait or digest"
+    ),
+}
+
+Step = Annotated[
+    Annotated[EmailStep, Tag("email")]
+    | Annotated[SmsStep, Tag("sms")]
+    | Annotated[PushStep, Tag("push")]
+    | Annotated[WebhookStep, Tag("webhook")]
+    | Annotated[DelayStep, Tag("delay")]
+    | Annotated[WaitStep, Tag("wait")]
+    | Annotated[DigestStep, Tag("digest")],
+    Discriminator(step_tag, **_UNKNOWN_STEP),
+]
+
+
+class Throttle(_Pure):
+    """At most ``limit`` notifications of the flow per subscriber (and key) per ``period``."""
+
+    limit: int = Field(ge=1, le=100_000)
+    period: Duration
+    key: str | None = Field(default=None, description="A template, e.g. {{ data.project_id }}")
 
 
 class FlowDefinition(BaseModel):
@@ -66,9 +193,68 @@ class FlowDefinition(BaseModel):
     critical: bool = False
     steps: list[Step]
     version: int = 1
+    throttle: Throttle | None = None
+    exit_on: list[str] = Field(default_factory=list)
+    default_locale: str = "en"
+
+    @property
+    def digest(self) -> DigestStep | None:
+        first = self.steps[0] if self.steps else None
+        return first if isinstance(first, DigestStep) else None
+
+
+def is_send(step: Step) -> bool:
+    return isinstance(step, SendStep)
+
+
+def step_problems(steps: list[Any]) -> list[tuple[int, str, str, str]]:
+    """Rules across steps, as (index, field, error type, message) for a 422."""
+    problems: list[tuple[int, str, str, str]] = []
+    sends = [isinstance(s, SendStep) for s in steps]
+    if not any(sends):
+        problems.append((0, "channel", "no_send_step", "a flow needs at least one send step"))
+    for i, step in enumerate(steps):
+        if isinstance(step, WaitStep) and not any(sends[i + 1 :]):
+            problems.append(
+                (i, "type", "wait_without_send", "a wait must be followed by a send step")
+            )
+        if isinstance(step, DigestStep) and i != 0:
+            problems.append((i, "type", "digest_not_first", "a digest must be the first step"))
+        if isinstance(step, DelayStep) and not any(sends[i + 1 :]):
+            problems.append(
+                (i, "type", "delay_without_send", "a delay must be followed by a send step")
+            )
+    return problems
+
+
+def check_steps(title: str, steps: list[Any]) -> None:
+    """Raise one ValidationError locating each cross-step problem at ``steps[i].field``."""
+    problems = step_problems(steps)
+    if problems:
+        raise ValidationError.from_exception_data(
+            title,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError(kind, message),
+                    loc=("steps", i, field),
+                    input=steps[i] if steps else None,
+                )
+                for i, field, kind, message in problems
+            ],
+        )
 
 
 # --- authoring: the same shapes, plus templates compiled at save time --------------
+
+
+def _check_locales(locales: dict[str, Any]) -> None:
+    for tag, variant in locales.items():
+        for name, source in variant:
+            if isinstance(source, str):
+                try:
+                    check_template(source, html=name == "html")
+                except ValueError as exc:
+                    raise ValueError(f"locale {tag!r}, {name}: {exc}") from exc
 
 
 class EmailStepIn(EmailStep):
@@ -76,6 +262,12 @@ class EmailStepIn(EmailStep):
     @classmethod
     def _compile(cls, v: str) -> str:
         return check_template(v)
+
+    @field_validator("locales")
+    @classmethod
+    def _compile_locales(cls, v: dict[str, EmailLocale]) -> dict[str, EmailLocale]:
+        _check_locales(v)
+        return v
 
     @field_validator("html")
     @classmethod
@@ -89,6 +281,12 @@ class SmsStepIn(SmsStep):
     def _compile(cls, v: str) -> str:
         return check_template(v)
 
+    @field_validator("locales")
+    @classmethod
+    def _compile_locales(cls, v: dict[str, SmsLocale]) -> dict[str, SmsLocale]:
+        _check_locales(v)
+        return v
+
 
 class PushStepIn(PushStep):
     @field_validator("title", "body")
@@ -100,6 +298,12 @@ class PushStepIn(PushStep):
     @classmethod
     def _compile_data(cls, v: dict[str, str]) -> dict[str, str]:
         return check_tree(v)
+
+    @field_validator("locales")
+    @classmethod
+    def _compile_locales(cls, v: dict[str, PushLocale]) -> dict[str, PushLocale]:
+        _check_locales(v)
+        return v
 
 
 class WebhookStepIn(WebhookStep):
@@ -118,6 +322,34 @@ class WebhookStepIn(WebhookStep):
         return None if v is None else check_tree(v)
 
 
+class DelayStepIn(DelayStep):
+    @field_validator("until")
+    @classmethod
+    def _compile(cls, v: str | None) -> str | None:
+        return None if v is None else check_template(v)
+
+
+class DigestStepIn(DigestStep):
+    @field_validator("key")
+    @classmethod
+    def _compile(cls, v: str | None) -> str | None:
+        return None if v is None else check_template(v)
+
+
+class ThrottleIn(Throttle):
+    @field_validator("key")
+    @classmethod
+    def _compile(cls, v: str | None) -> str | None:
+        return None if v is None else check_template(v)
+
+
 StepIn = Annotated[
-    EmailStepIn | SmsStepIn | PushStepIn | WebhookStepIn, Field(discriminator="channel")
+    Annotated[EmailStepIn, Tag("email")]
+    | Annotated[SmsStepIn, Tag("sms")]
+    | Annotated[PushStepIn, Tag("push")]
+    | Annotated[WebhookStepIn, Tag("webhook")]
+    | Annotated[DelayStepIn, Tag("delay")]
+    | Annotated[WaitStep, Tag("wait")]
+    | Annotated[DigestStepIn, Tag("digest")],
+    Discriminator(step_tag, **_UNKNOWN_STEP),
 ]

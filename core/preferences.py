@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.types import Channel
 
 ChannelSwitch = bool | dict[Channel, bool]
 
 
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietHours(BaseModel):
+    """A daily window in the subscriber's timezone; ``start`` after ``end`` spans midnight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=HHMM, examples=["22:00"])
+    end: str = Field(pattern=HHMM, examples=["07:00"])
+
+
 class PreferenceSet(BaseModel):
     channels: dict[Channel, bool] = Field(default_factory=dict)
     categories: dict[str, ChannelSwitch] = Field(default_factory=dict)
     flows: dict[str, ChannelSwitch] = Field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+
+
+def _at(day: datetime, hhmm: str) -> datetime:
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    return day.replace(hour=hour, minute=minute, second=0, microsecond=0)
+
+
+def quiet_until(
+    quiet: QuietHours | dict[str, Any] | None, now: datetime, tz: str
+) -> datetime | None:
+    """When the quiet hours around ``now`` end (aware, in ``tz``), or None outside them."""
+    if not quiet:
+        return None
+    q = quiet if isinstance(quiet, QuietHours) else QuietHours.model_validate(quiet)
+    if q.start == q.end:
+        return None
+    local = now.astimezone(ZoneInfo(tz))
+    # Check the window that started yesterday (it may span midnight) and the one today.
+    for day in (local - timedelta(days=1), local):
+        start = _at(day, q.start)
+        end = _at(day if q.end > q.start else day + timedelta(days=1), q.end)
+        if start <= local < end:
+            return end
+    return None
+
+
+def next_local(hhmm: str, now: datetime, tz: str) -> datetime:
+    """The next ``HH:MM`` in ``tz`` strictly after ``now`` (a send window)."""
+    local = now.astimezone(ZoneInfo(tz))
+    candidate = _at(local, hhmm)
+    return candidate if candidate > local else _at(local + timedelta(days=1), hhmm)
 
 
 def _lookup(switch: ChannelSwitch | None, channel: Channel) -> bool | None:

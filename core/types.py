@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
@@ -16,6 +17,8 @@ class Channel(StrEnum):
 
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
+    # Waiting for its time: quiet hours or a send window (see Delivery.scheduled_for).
+    SCHEDULED = "scheduled"
     SENT = "sent"
     DELIVERED = "delivered"
     SKIPPED = "skipped"
@@ -70,4 +73,17 @@ def notification_workflow_id(
 ) -> str:
     """Derived from the business key so a repeated start finds the same workflow."""
     base = f"notification/{tenant_id}/{event_id}/{flow_key}/{subscriber_id}"
+    return base if replay_id is None else f"{base}/replay/{replay_id}"
+
+
+def digest_workflow_id(
+    tenant_id: str,
+    flow_key: str,
+    subscriber_id: str,
+    key: str | None,
+    replay_id: str | None = None,
+) -> str:
+    """One open digest per (flow, subscriber, key); the key is hashed, it may hold anything."""
+    part = "-" if not key else hashlib.sha256(key.encode()).hexdigest()[:24]
+    base = f"digest/{tenant_id}/{flow_key}/{subscriber_id}/{part}"
     return base if replay_id is None else f"{base}/replay/{replay_id}"

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from core.flows import Throttle
+from core.templates import TemplateError, render
 from core.types import (
     TERMINAL_DELIVERY_STATUSES,
     DeliveryStatus,
@@ -23,7 +26,15 @@ from core.types import (
 )
 from store.db import session_scope
 from store.flows import flows_for_event
-from store.models import Delivery, DeliveryEvent, Event, Flow, Notification, utcnow
+from store.models import (
+    Delivery,
+    DeliveryEvent,
+    Event,
+    Flow,
+    Notification,
+    Subscriber,
+    utcnow,
+)
 from store.subscribers import existing_ids, upsert_subscriber
 
 
@@ -47,7 +58,13 @@ class RecipientSpec:
 @dataclass
 class PlannedNotification:
     notification: Notification
-    delivery_ids: list[str]
+    # Aligned with the flow's steps: a delivery per send step, None for a control step.
+    delivery_ids: list[str | None]
+
+    @property
+    def runs(self) -> bool:
+        """False when the throttle stopped it at the door: no workflow is started."""
+        return self.notification.stop_reason != THROTTLED
 
 
 @dataclass
@@ -55,6 +72,11 @@ class AcceptedEvent:
     event: Event
     notifications: list[PlannedNotification] = field(default_factory=list)
     created: bool = True
+    # Running notifications this event stopped through a flow's exit_on (to wake them).
+    exited: list[str] = field(default_factory=list)
+
+
+THROTTLED = "throttled"
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -71,6 +93,7 @@ def accept_event(
     recipients: list[RecipientSpec],
     idempotency_key: str | None,
     request_fingerprint: str,
+    cancellation_key: str | None = None,
 ) -> AcceptedEvent:
     """Store the event with its notifications and pending deliveries in one transaction.
 
@@ -92,6 +115,7 @@ def accept_event(
                 recipients,
                 idempotency_key,
                 request_fingerprint,
+                cancellation_key,
             )
     except IntegrityError:
         if not idempotency_key:
@@ -112,6 +136,7 @@ def _insert(
     recipients: list[RecipientSpec],
     idempotency_key: str | None,
     request_fingerprint: str,
+    cancellation_key: str | None = None,
 ) -> AcceptedEvent:
     for r in recipients:
         if r.values is not None:
@@ -130,6 +155,7 @@ def _insert(
         recipients=ids,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint,
+        cancellation_key=cancellation_key,
     )
     session.add(event)
     session.flush()  # the idempotency constraint fires here, before any fan-out
@@ -141,8 +167,86 @@ def _insert(
             .order_by(col(Flow.key))
         ).all()
     )
+    accepted.exited = _exit_running(session, event, ids)
     accepted.notifications = _fan_out(session, event, flows, ids)
     return accepted
+
+
+def _exit_running(session: Session, event: Event, subscriber_ids: list[str]) -> list[str]:
+    """Stop the recipients' running notifications of flows that exit on this event type."""
+    keys = [
+        f.key
+        for f in session.exec(select(Flow).where(Flow.tenant_id == event.tenant_id)).all()
+        if event.type in (f.exit_on or [])
+    ]
+    if not keys:
+        return []
+    stopped = stop_notifications(
+        session,
+        f"exited: {event.type} event {event.id}",
+        col(Notification.tenant_id) == event.tenant_id,
+        col(Notification.subscriber_id).in_(subscriber_ids),
+        col(Notification.flow_key).in_(keys),
+    )
+    return [wf for _, wf in stopped]
+
+
+def stop_notifications(session: Session, reason: str, *where: Any) -> list[tuple[str, str]]:
+    """Mark matching unfinished notifications stopped; their workflows skip what is left.
+
+    Returns (notification id, workflow id) pairs, to wake the workflows with a signal;
+    the mark alone is enough for correctness, since every step checks it first.
+    """
+    unfinished = (
+        select(Delivery.id)
+        .where(
+            col(Delivery.notification_id) == Notification.id,
+            col(Delivery.status).not_in([s.value for s in TERMINAL_DELIVERY_STATUSES]),
+        )
+        .exists()
+    )
+    stmt = (
+        update(Notification)
+        .where(*where, col(Notification.stopped_at).is_(None), unfinished)
+        .values(stopped_at=utcnow(), stop_reason=reason[:255])
+        .returning(col(Notification.id), col(Notification.workflow_id))
+        .execution_options(synchronize_session=False)
+    )
+    return [(n, wf) for n, wf in session.execute(stmt).all()]
+
+
+def _throttled(session: Session, flow: Flow, subscriber_id: str, key: str | None) -> bool:
+    """Whether the subscriber already had ``limit`` notifications of the flow in the period.
+
+    Runs inside the accepting transaction; on PostgreSQL the subscriber row is locked so
+    two concurrent events cannot both take the last slot (SQLite writes are serialised).
+    """
+    throttle = Throttle.model_validate(flow.throttle)
+    session.execute(
+        sa_select(col(Subscriber.id))
+        .where(col(Subscriber.tenant_id) == flow.tenant_id, col(Subscriber.id) == subscriber_id)
+        .with_for_update()
+    )
+    since = utcnow() - throttle.period
+    count = session.execute(
+        sa_select(func.count())
+        .select_from(Notification)
+        .where(
+            col(Notification.tenant_id) == flow.tenant_id,
+            col(Notification.subscriber_id) == subscriber_id,
+            col(Notification.flow_key) == flow.key,
+            col(Notification.throttle_key).is_(None)
+            if key is None
+            else col(Notification.throttle_key) == key,
+            col(Notification.created_at) >= since,
+            col(Notification.replay_id).is_(None),
+            or_(
+                col(Notification.stop_reason).is_(None),
+                col(Notification.stop_reason) != THROTTLED,
+            ),
+        )
+    ).scalar_one()
+    return int(count) >= throttle.limit
 
 
 def _fan_out(
@@ -161,6 +265,7 @@ def _fan_out(
     deliveries: list[Delivery] = []
     history: list[DeliveryEvent] = []
     planned: list[PlannedNotification] = []
+    context = {"data": event.data, "event": {"id": event.id, "type": event.type}}
     for flow in flows:
         snapshot = {
             "key": flow.key,
@@ -169,13 +274,23 @@ def _fan_out(
             "critical": flow.critical,
             "steps": flow.steps,
             "version": flow.version,
+            "throttle": flow.throttle,
+            "exit_on": flow.exit_on or [],
+            "default_locale": flow.default_locale,
         }
+        throttle_key = _throttle_key(flow, context)
         for subscriber_id in subscriber_ids:
             workflow_id = notification_workflow_id(
                 event.tenant_id, event.id, flow.key, subscriber_id, replay_id
             )
             if skip and workflow_id in skip:
                 continue
+            # A replay re-runs history on purpose: the throttle is for live traffic.
+            throttled = (
+                flow.throttle is not None
+                and replay_id is None
+                and _throttled(session, flow, subscriber_id, throttle_key)
+            )
             notification = Notification(
                 id=new_id("ntf"),
                 tenant_id=event.tenant_id,
@@ -185,16 +300,26 @@ def _fan_out(
                 workflow_id=workflow_id,
                 flow=snapshot,
                 replay_id=replay_id,
+                cancellation_key=event.cancellation_key,
+                throttle_key=throttle_key,
+                stopped_at=utcnow() if throttled else None,
+                stop_reason=THROTTLED if throttled else None,
             )
             notifications.append(notification)
-            delivery_ids = []
+            status = DeliveryStatus.SKIPPED if throttled else DeliveryStatus.PENDING
+            delivery_ids: list[str | None] = []
             for index, step in enumerate(flow.steps):
+                if "channel" not in step:
+                    delivery_ids.append(None)  # a control step: nothing is delivered
+                    continue
                 delivery = Delivery(
                     id=new_id("dlv"),
                     tenant_id=event.tenant_id,
                     notification_id=notification.id,
                     step_index=index,
                     channel=step["channel"],
+                    status=status.value,
+                    reason=THROTTLED if throttled else None,
                 )
                 delivery_ids.append(delivery.id)
                 deliveries.append(delivery)
@@ -202,15 +327,31 @@ def _fan_out(
                     DeliveryEvent(
                         tenant_id=event.tenant_id,
                         delivery_id=delivery.id,
-                        status=DeliveryStatus.PENDING.value,
+                        status=status.value,
+                        detail=delivery.reason,
                     )
                 )
             planned.append(PlannedNotification(notification, delivery_ids))
+            if throttled:
+                # Flushed now so the next recipient's (or a duplicate's) count sees it.
+                session.add(notification)
     # No ORM relationships, so flush parents before children for the foreign keys.
     for batch in (notifications, deliveries, history):
         session.add_all(batch)
         session.flush()
     return planned
+
+
+def _throttle_key(flow: Flow, context: dict[str, Any]) -> str | None:
+    if not flow.throttle or not flow.throttle.get("key"):
+        return None
+    try:
+        rendered = render(flow.throttle["key"], context)
+    except TemplateError:
+        # E.g. {{ data.project.id }} without data.project: counted as key-less, like an
+        # empty key, rather than refusing (and losing) the whole event with a 500.
+        return None
+    return rendered.strip()[:255] or None
 
 
 @dataclass
@@ -309,7 +450,8 @@ def _load_accepted(session: Session, event: Event, *, created: bool) -> Accepted
     notifications = _notifications(session, event.id)
     deliveries = _deliveries_by_notification(session, [n.id for n in notifications])
     for n in notifications:
-        ids = [d.id for d in deliveries.get(n.id, [])]
+        by_step = {d.step_index: d.id for d in deliveries.get(n.id, [])}
+        ids = [by_step.get(i) for i in range(len(n.flow.get("steps", [])))]
         accepted.notifications.append(PlannedNotification(n, ids))
     return accepted
 

@@ -14,13 +14,21 @@ from pydantic import (
     StringConstraints,
     Tag,
     field_validator,
+    model_validator,
 )
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-from core.flows import EVENT_TYPE_PATTERN, FLOW_KEY_PATTERN, StepIn
+from core.flows import (
+    EVENT_TYPE_PATTERN,
+    FLOW_KEY_PATTERN,
+    LOCALE_PATTERN,
+    StepIn,
+    ThrottleIn,
+    check_steps,
+)
 from core.preferences import PreferenceSet
 from core.types import Channel, DeliveryStatus
 
@@ -53,7 +61,7 @@ def _ts(**kw: Any) -> Any:
 
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+LOCALE = re.compile(LOCALE_PATTERN)
 SUBSCRIBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$"
 
 
@@ -152,6 +160,7 @@ class PreferenceBase(SQLModel):
     channels: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     categories: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     flows: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    quiet_hours: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class PreferenceUpdate(PreferenceSet):
@@ -177,12 +186,24 @@ class FlowBase(SQLModel):
     event_type: str = Field(index=True, max_length=128)
     category: str = Field(default="transactional", max_length=64)
     critical: bool = False
+    default_locale: str = Field(default="en", max_length=35)
+
+
+EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
 
 
 class FlowCreate(FlowBase):
-    event_type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
+    event_type: EventType
     category: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] = "transactional"
     steps: list[StepIn] = Field(min_length=1, max_length=20)
+    throttle: ThrottleIn | None = None
+    exit_on: list[EventType] = Field(default_factory=list, max_length=20)
+    default_locale: Annotated[str, StringConstraints(pattern=LOCALE.pattern, max_length=35)] = "en"
+
+    @model_validator(mode="after")
+    def _steps_fit_together(self) -> FlowCreate:
+        check_steps("FlowCreate", self.steps)
+        return self
 
 
 class Flow(FlowBase, table=True):
@@ -191,6 +212,8 @@ class Flow(FlowBase, table=True):
     tenant_id: str = Field(primary_key=True, max_length=64)
     key: str = Field(primary_key=True, max_length=128)
     steps: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    throttle: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    exit_on: list[str] = Field(default_factory=list, sa_type=JSON)
     version: int = 1
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -199,6 +222,8 @@ class Flow(FlowBase, table=True):
 class FlowPublic(FlowBase):
     key: str
     steps: list[dict[str, Any]]
+    throttle: dict[str, Any] | None
+    exit_on: list[str]
     version: int
     created_at: datetime
     updated_at: datetime
@@ -211,6 +236,8 @@ class EventBase(SQLModel):
     type: str = Field(max_length=128)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     actor: str | None = Field(default=None, max_length=128)
+    # POST /v1/events/cancel with this key stops the event's pending notifications.
+    cancellation_key: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 class Event(EventBase, table=True):
@@ -240,6 +267,11 @@ class Event(EventBase, table=True):
 
 class Notification(SQLModel, table=True):
     __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_cancellation", "tenant_id", "cancellation_key"),
+        # Throttle counts and exit_on lookups: one subscriber's recent notifications of a flow.
+        Index("ix_notifications_subscriber_flow", "tenant_id", "subscriber_id", "flow_key"),
+    )
     id: str = Field(primary_key=True, max_length=64)
     tenant_id: str = Field(index=True, max_length=64)
     event_id: str = Field(foreign_key="events.id", index=True, max_length=64)
@@ -249,6 +281,12 @@ class Notification(SQLModel, table=True):
     # The flow as it was when the event was accepted; a re-dispatch runs exactly this.
     flow: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     replay_id: str | None = Field(default=None, max_length=64)
+    cancellation_key: str | None = Field(default=None, max_length=255)
+    throttle_key: str | None = Field(default=None, max_length=255)
+    # Set by a cancellation, an exit_on event or the throttle; later steps are skipped.
+    stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    stop_reason: str | None = Field(default=None, max_length=255)
+    acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = _ts()
 
 
@@ -259,6 +297,8 @@ class DeliveryBase(SQLModel):
     provider: str | None = Field(default=None, max_length=32)
     provider_message_id: str | None = Field(default=None, max_length=512)
     attempts: int = 0
+    # When a `scheduled` delivery will run (quiet hours, a send window).
+    scheduled_for: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Delivery(DeliveryBase, table=True):
@@ -356,7 +396,24 @@ class EventAccepted(SQLModel):
 
 class NotificationPublic(NotificationRef):
     status: str
+    stop_reason: str | None = None
+    acknowledged_at: datetime | None = None
     deliveries: list[DeliveryPublic]
+
+
+class CancelRequest(SQLModel):
+    cancellation_key: str = Field(min_length=1, max_length=255)
+
+
+class CancelResult(SQLModel):
+    """Notifications stopped; steps they already ran are kept."""
+
+    cancelled: list[str]
+
+
+class Acknowledged(SQLModel):
+    id: str
+    acknowledged_at: datetime
 
 
 class EventPublic(EventBase):

@@ -77,12 +77,13 @@ def put_preferences(
         channels=values.get("channels", {}),
         categories=values.get("categories", {}),
         flows=values.get("flows", {}),
+        quiet_hours=values.get("quiet_hours"),
     )
     _upsert(
         session,
         fresh,
         ["tenant_id", "subscriber_id"],
-        ["channels", "categories", "flows", "updated_at"],
+        ["channels", "categories", "flows", "quiet_hours", "updated_at"],
     )
     row = session.get(Preference, (tenant_id, subscriber_id), populate_existing=True)
     assert row is not None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import contextlib
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributePair
@@ -17,14 +18,23 @@ with workflow.unsafe.imports_passed_through():
         RecordFailureInput,
         ReopenInput,
     )
+    from activities.orchestration import FlowActivities, GateInput, ResolveDelayInput, StopInput
     from activities.policies import (
         FAILOVER_ERROR_TYPES,
         RECORD_RETRY,
         RECORD_TIMEOUT,
         delivery_retry,
     )
+    from core.flows import ACKNOWLEDGED, DelayStep, DigestStep, SendStep, Step, WaitStep, is_send
     from core.types import Channel, DeliveryStatus, NotificationStatus, outcome
-    from workflows.types import NotificationInput, NotificationResult, RetryRequest
+    from workflows.types import (
+        NotificationInput,
+        NotificationResult,
+        NotificationView,
+        RetryRequest,
+        StepView,
+        StopRequest,
+    )
 
 SA_TENANT = SearchAttributeKey.for_keyword("HeraldTenant")
 SA_EVENT_TYPE = SearchAttributeKey.for_keyword("HeraldEventType")
@@ -49,7 +59,7 @@ def identifying_attributes(inp: NotificationInput) -> list[SearchAttributePair[s
 
 
 def summary(inp: NotificationInput) -> str:
-    channels = "+".join(s.channel.value for s in inp.flow.steps)
+    channels = "+".join(_kind(s) for s in inp.flow.steps)
     replay = "" if inp.replay_id is None else f" [replay {inp.replay_id}]"
     return f"{inp.event_type} → {inp.flow.key} → {inp.subscriber_id} ({channels}){replay}"
 
@@ -60,29 +70,207 @@ class NotificationWorkflow:
         # Started with HeraldStatus=running (see identifying_attributes): no upsert needed yet.
         self._status = NotificationStatus.RUNNING
         self._retries: list[RetryRequest] = []
+        self._acknowledged = False
+        self._stop: str | None = None
+        self._view = NotificationView(status=self._status)
 
     @workflow.run
     async def run(self, inp: NotificationInput) -> NotificationResult:
-        workflow.set_current_details(f"sending: {summary(inp)}")
-        # Steps with no control step between them are independent sends: run them together.
-        results = list(
-            await asyncio.gather(*(self._send(inp, i) for i in range(len(inp.delivery_ids))))
+        steps = inp.flow.steps
+        self._view.steps = [StepView(index=i, kind=_kind(s)) for i, s in enumerate(steps)]
+        results: dict[int, DeliverResult] = {}
+        # A digest's carrier starts after the digest step; everyone else from the top.
+        i = 1 if inp.digest_event_ids is not None and inp.flow.digest is not None else 0
+        for j in range(i):
+            self._mark(j, "done")
+        while i < len(steps) and self._stop is None:
+            step = steps[i]
+            if isinstance(step, DelayStep):
+                await self._delay(inp, i, step)
+                i += 1
+            elif isinstance(step, WaitStep):
+                await self._wait(i, step)
+                i += 1
+            elif isinstance(step, DigestStep):
+                # Only reached when a digest flow was started directly (a replay): no batch.
+                self._mark(i, "done", detail="not batched")
+                i += 1
+            else:
+                # Sends with no control step between them are independent: run them together.
+                group = [i]
+                while group[-1] + 1 < len(steps) and is_send(steps[group[-1] + 1]):
+                    group.append(group[-1] + 1)
+                sent = await asyncio.gather(*(self._step(inp, j) for j in group))
+                results.update({j: r for j, r in zip(group, sent, strict=True) if r is not None})
+                i = group[-1] + 1
+        if self._stop is not None:
+            await self._skip_rest(inp, results)
+        else:
+            await self._dead_letters(inp, results)
+        deliveries = [results[k] for k in sorted(results)]
+        final = outcome(r.status for r in deliveries)
+        if final != self._status:
+            self._set_status(final)
+        self._view.current_step = None
+        workflow.set_current_details(_details(deliveries))
+        return NotificationResult(status=final, deliveries=deliveries)
+
+    @workflow.signal(name="retry")
+    def retry(self, request: RetryRequest | None = None) -> None:
+        """Re-attempt the failed deliveries (all, or one channel's) of a dead letter."""
+        self._retries.append(request or RetryRequest())
+
+    @workflow.signal(name="acknowledge")
+    def acknowledge(self) -> None:
+        """Ends a `wait` early; sends marked `unless: acknowledged` are then skipped."""
+        self._acknowledged = True
+        self._view.acknowledged = True
+
+    @workflow.signal(name="stop")
+    def stop(self, request: StopRequest | None = None) -> None:
+        """A cancellation or an exit_on event: skip every step that has not run."""
+        if self._stop is None:
+            self._stop = (request or StopRequest()).reason
+            self._view.stopped = self._stop
+
+    @workflow.query(name="status")
+    def status(self) -> NotificationView:
+        self._view.status = self._status
+        return self._view
+
+    # --- control steps -------------------------------------------------------------
+
+    async def _delay(self, inp: NotificationInput, index: int, step: DelayStep) -> None:
+        if step.duration is not None:
+            until = workflow.now() + step.duration
+            summary = f"delay {_human(step.duration)} until {until:%Y-%m-%d %H:%M} UTC"
+        else:
+            resolved = await workflow.execute_local_activity_method(
+                FlowActivities.resolve_delay,
+                ResolveDelayInput(
+                    notification_id=inp.notification_id, step=step, now=workflow.now()
+                ),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=f"step {index + 1}: resolve delay",
+            )
+            until, summary = resolved.until, resolved.summary
+        await self._sleep_until(index, until, summary)
+        self._mark(index, "done")
+
+    async def _wait(self, index: int, step: WaitStep) -> None:
+        until = workflow.now() + step.duration
+        self._mark(index, "waiting", until=until, detail="until acknowledged")
+        self._enter(index, f"waiting up to {_human(step.duration)} for an acknowledgement")
+        if not self._acknowledged:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._acknowledged or self._stop is not None,
+                    timeout=step.duration,
+                    timeout_summary=f"wait {_human(step.duration)} unless acknowledged",
+                )
+        self._mark(index, "done", detail="acknowledged" if self._acknowledged else "timed out")
+
+    async def _sleep_until(
+        self, index: int, until: datetime, summary: str, state: str = "waiting"
+    ) -> None:
+        """A durable timer that a stop signal cuts short."""
+        self._mark(index, state, until=until, detail=summary)
+        self._enter(index, summary)
+        remaining = until - workflow.now()
+        if remaining <= timedelta(0):
+            return
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._stop is not None, timeout=remaining, timeout_summary=summary
+            )
+
+    # --- send steps ------------------------------------------------------------------
+
+    async def _step(self, inp: NotificationInput, index: int) -> DeliverResult | None:
+        """Gate (stop, ack, preferences, quiet hours), then send; None if stopped."""
+        step = inp.flow.steps[index]
+        delivery_id = inp.delivery_ids[index]
+        if delivery_id is None or not is_send(step):
+            return None
+        self._enter(index, f"{_kind(step)}")
+        while self._stop is None:
+            gate = await workflow.execute_local_activity_method(
+                FlowActivities.gate,
+                GateInput(
+                    notification_id=inp.notification_id,
+                    delivery_id=delivery_id,
+                    now=workflow.now(),
+                    category=inp.flow.category,
+                    flow_key=inp.flow.key,
+                    critical=inp.flow.critical,
+                    unless_acknowledged=getattr(step, "unless", None) == ACKNOWLEDGED,
+                    acknowledged=self._acknowledged,
+                ),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=f"step {index + 1}: check",
+            )
+            if gate.action == "stop":
+                self._stop = gate.reason or "stopped"
+                self._view.stopped = self._stop
+                return None
+            if gate.action == "done":
+                assert gate.result is not None
+                self._mark(index, gate.result.status.value, detail=gate.result.reason)
+                return gate.result
+            if gate.action == "defer":
+                assert gate.until is not None
+                # Quiet hours: the delivery reads `scheduled` until they end, then is re-checked.
+                await self._sleep_until(
+                    index, gate.until, gate.reason or "deferred", state="scheduled"
+                )
+                continue
+            self._mark(index, "running")
+            result = await self._send(inp, index)
+            self._mark(index, result.status.value, detail=result.reason)
+            return result
+        return None
+
+    async def _skip_rest(self, inp: NotificationInput, results: dict[int, DeliverResult]) -> None:
+        assert self._stop is not None
+        skipped = await workflow.execute_local_activity_method(
+            FlowActivities.stop_notification,
+            StopInput(notification_id=inp.notification_id, reason=self._stop),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary=f"stopped: {self._stop}"[:200],
         )
-        while failed := [i for i, r in enumerate(results) if r.status == DeliveryStatus.FAILED]:
+        by_id = {r.delivery_id: r for r in skipped}
+        for index, delivery_id in enumerate(inp.delivery_ids):
+            if delivery_id in by_id:
+                results[index] = by_id[delivery_id]
+                self._mark(index, "skipped", detail=self._stop)
+            elif index not in results and delivery_id is None:
+                self._mark(index, "skipped", detail=self._stop)
+
+    async def _dead_letters(
+        self, inp: NotificationInput, results: dict[int, DeliverResult]
+    ) -> None:
+        while failed := [i for i, r in results.items() if r.status == DeliveryStatus.FAILED]:
             # A dead letter: stay open so support can fix the cause and send `retry`.
             self._set_status(NotificationStatus.FAILED)
-            workflow.set_current_details(_details(results, waiting=inp.dead_letter_retention))
+            workflow.set_current_details(
+                _details(list(results.values()), waiting=inp.dead_letter_retention)
+            )
             request = await self._next_retry(inp.dead_letter_retention)
             if request is None:
-                break
+                return
             chosen = [i for i in failed if request.channel in (None, results[i].channel)]
             if not chosen:
                 continue
             self._set_status(NotificationStatus.RUNNING)
             for i in chosen:
+                delivery_id = inp.delivery_ids[i]
+                assert delivery_id is not None
                 await workflow.execute_local_activity_method(
                     DeliveryActivities.reopen_delivery,
-                    ReopenInput(delivery_id=inp.delivery_ids[i], reason="retry requested"),
+                    ReopenInput(delivery_id=delivery_id, reason="retry requested"),
                     start_to_close_timeout=RECORD_TIMEOUT,
                     retry_policy=RECORD_RETRY,
                     summary=f"reopen step {i + 1}",
@@ -90,20 +278,7 @@ class NotificationWorkflow:
             retried = await asyncio.gather(*(self._send(inp, i) for i in chosen))
             for i, result in zip(chosen, retried, strict=True):
                 results[i] = result
-        final = outcome(r.status for r in results)
-        if final != self._status:
-            self._set_status(final)
-        workflow.set_current_details(_details(results))
-        return NotificationResult(status=final, deliveries=results)
-
-    @workflow.signal(name="retry")
-    def retry(self, request: RetryRequest | None = None) -> None:
-        """Re-attempt the failed deliveries (all, or one channel's) of a dead letter."""
-        self._retries.append(request or RetryRequest())
-
-    @workflow.query(name="status")
-    def status(self) -> NotificationStatus:
-        return self._status
+                self._mark(i, result.status.value, detail=result.reason)
 
     async def _next_retry(self, retention: timedelta) -> RetryRequest | None:
         if not self._retries and retention > timedelta(0):
@@ -121,10 +296,22 @@ class NotificationWorkflow:
         self._status = status
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
 
+    def _enter(self, index: int, what: str) -> None:
+        self._view.current_step = index
+        total = len(self._view.steps)
+        workflow.set_current_details(f"step {index + 1}/{total}: {what}")
+
+    def _mark(
+        self, index: int, state: str, *, until: datetime | None = None, detail: str | None = None
+    ) -> None:
+        view = self._view.steps[index]
+        view.state, view.until, view.detail = state, until, detail
+
     async def _send(self, inp: NotificationInput, index: int) -> DeliverResult:
         """Run one step, failing over through the channel's providers in priority order."""
         delivery_id = inp.delivery_ids[index]
         step = inp.flow.steps[index]
+        assert delivery_id is not None and isinstance(step, SendStep)
         channel = Channel(step.channel)
         policy = inp.retry[channel].merged(step.retry)
         providers: list[str | None] = list(inp.providers.get(channel) or ())
@@ -146,6 +333,8 @@ class NotificationWorkflow:
                         provider=provider,
                         fallback=fallback,
                         prior_attempts=attempts,
+                        default_locale=inp.flow.default_locale,
+                        digest_event_ids=inp.digest_event_ids,
                     ),
                     task_queue=inp.channel_queues[channel],
                     start_to_close_timeout=policy.start_to_close,
@@ -188,6 +377,18 @@ def _attempts(err: ActivityError) -> int:
         if isinstance(last, int):
             return last
     return 0
+
+
+def _kind(step: Step) -> str:
+    return step.channel.value if isinstance(step, SendStep) else step.type
+
+
+def _human(d: timedelta) -> str:
+    secs = int(d.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size and secs % size == 0:
+            return f"{secs // size}{unit}"
+    return f"{d.total_seconds():g}s"
 
 
 def _details(results: list[DeliverResult], waiting: timedelta | None = None) -> str:

@@ -10,9 +10,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
+from activities.orchestration import FlowActivities
 from channels.registry import build_adapters
 from core.settings import Settings
 from core.types import Channel
+from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow
 
 WORKFLOWS_QUEUE = "workflows"
@@ -44,6 +46,7 @@ def build_workers(
     )
     acts = DeliveryActivities(engine, {})
     acts.adapters = build_adapters(settings, acts.sandbox_sink)
+    flow_acts = FlowActivities(engine)
     workers: list[Worker] = []
     for queue in queues:
         if queue == WORKFLOWS_QUEUE:
@@ -51,8 +54,16 @@ def build_workers(
                 Worker(
                     client,
                     task_queue=settings.workflow_task_queue,
-                    workflows=[NotificationWorkflow],
-                    activities=[acts.record_failure, acts.reopen_delivery],  # local
+                    workflows=[NotificationWorkflow, DigestWorkflow],
+                    # All local: short database work next to the workflow.
+                    activities=[
+                        acts.record_failure,
+                        acts.reopen_delivery,
+                        flow_acts.gate,
+                        flow_acts.resolve_delay,
+                        flow_acts.stop_notification,
+                        flow_acts.claim_digest,
+                    ],
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,
                 )

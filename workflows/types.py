@@ -7,9 +7,9 @@ module is imported passed-through, once per process.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from activities.delivery import DeliverResult
 from core.flows import FlowDefinition
@@ -26,7 +26,8 @@ class NotificationInput(BaseModel):
     event_type: str
     subscriber_id: str
     flow: FlowDefinition
-    delivery_ids: list[str]
+    # Aligned with flow.steps: the delivery of each send step, None for a control step.
+    delivery_ids: list[str | None]
     channel_queues: dict[Channel, str]
     # Each channel's providers in failover order (empty: the worker's first provider only).
     providers: dict[Channel, list[str]] = {}
@@ -36,6 +37,9 @@ class NotificationInput(BaseModel):
     dead_letter_retention: timedelta = timedelta(0)
     # Set when this notification replays a stored event (HeraldReplay in the UI).
     replay_id: str | None = None
+    # Set when a digest runs this notification: the steps after the digest, once,
+    # with these events (oldest first) in the templates as digest.events.
+    digest_event_ids: list[str] | None = None
 
 
 class RetryRequest(BaseModel):
@@ -47,3 +51,51 @@ class RetryRequest(BaseModel):
 class NotificationResult(BaseModel):
     status: NotificationStatus
     deliveries: list[DeliverResult]
+
+
+class StopRequest(BaseModel):
+    """The `stop` signal: a cancellation or an exit_on event; later steps are skipped."""
+
+    reason: str = "stopped"
+
+
+class StepView(BaseModel):
+    index: int
+    kind: str  # email, sms, push, webhook, delay, wait, digest
+    state: str = "pending"  # pending, running, waiting, scheduled, or a delivery status
+    until: datetime | None = None
+    detail: str | None = None
+
+
+class NotificationView(BaseModel):
+    """The `status` query: where the notification is and what each step did."""
+
+    status: NotificationStatus
+    current_step: int | None = None
+    acknowledged: bool = False
+    stopped: str | None = None
+    steps: list[StepView] = Field(default_factory=list)
+
+
+class DigestItem(BaseModel):
+    """One event's notification, signalled into the digest (`add`)."""
+
+    notification_id: str
+    event_id: str
+    workflow_id: str
+    delivery_ids: list[str | None]
+
+
+class DigestInput(BaseModel):
+    """What every notification of the digest shares; items arrive by signal."""
+
+    template: NotificationInput
+    digest_id: str
+    # Carried over by continue-as-new: items not yet sent, and the open window's start.
+    carried: list[DigestItem] = Field(default_factory=list)
+    opened_at: datetime | None = None
+
+
+class DigestResult(BaseModel):
+    sent: int
+    carrier: str | None = None

@@ -76,6 +76,7 @@ async def publish_event(
             actor=body.actor,
             recipients=recipients,
             idempotency_key=key,
+            cancellation_key=body.cancellation_key,
             request_fingerprint=q.fingerprint(
                 body.model_dump(mode="json", exclude={"idempotency_key"})
             ),
@@ -144,6 +145,7 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
         type=e.type,
         data=e.data,
         actor=e.actor,
+        cancellation_key=e.cancellation_key,
         received_at=e.received_at,
         dispatched_at=e.dispatched_at,
         notifications=[
@@ -153,6 +155,8 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
                 subscriber_id=n.subscriber_id,
                 workflow_id=n.workflow_id,
                 status=st.value,
+                stop_reason=n.stop_reason,
+                acknowledged_at=n.acknowledged_at,
                 deliveries=[DeliveryPublic.model_validate(d, from_attributes=True) for d in ds],
             )
             for n, st, ds in detail.notifications

@@ -45,7 +45,7 @@ def _setup(engine: Engine, email: str | None) -> tuple[str, DeliverInput]:
     )
     (planned,) = accepted.notifications
     inp = DeliverInput(
-        delivery_id=planned.delivery_ids[0],
+        delivery_id=str(planned.delivery_ids[0]),
         flow_key="f",
         category="transactional",
         critical=False,

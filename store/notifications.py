@@ -1,0 +1,138 @@
+"""Notification-level state the orchestration reads and writes: stops, acks, digests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from core.types import TERMINAL_DELIVERY_STATUSES, DeliveryStatus
+from store.deliveries import transition
+from store.events import stop_notifications
+from store.models import Delivery, Event, Notification, Preference, Subscriber, utcnow
+
+FINAL = [s.value for s in TERMINAL_DELIVERY_STATUSES]
+
+
+@dataclass
+class StepContext:
+    notification: Notification
+    subscriber: Subscriber | None
+    preference: Preference | None
+    event: Event
+
+
+def step_context(session: Session, notification_id: str) -> StepContext | None:
+    """What deciding the next step needs, read fresh in one query."""
+    stmt = (
+        sa_select(Notification, Subscriber, Preference, Event)
+        .join(Event, col(Event.id) == Notification.event_id)
+        .outerjoin(
+            Subscriber,
+            and_(
+                col(Subscriber.tenant_id) == Notification.tenant_id,
+                col(Subscriber.id) == Notification.subscriber_id,
+            ),
+        )
+        .outerjoin(
+            Preference,
+            and_(
+                col(Preference.tenant_id) == Notification.tenant_id,
+                col(Preference.subscriber_id) == Notification.subscriber_id,
+            ),
+        )
+        .where(col(Notification.id) == notification_id)
+    )
+    row = session.execute(stmt).first()
+    if row is None:
+        return None
+    notification, subscriber, preference, event = row
+    return StepContext(notification, subscriber, preference, event)
+
+
+def cancel_by_key(session: Session, tenant_id: str, key: str) -> list[tuple[str, str]]:
+    """Stop the tenant's unfinished notifications carrying ``key``; (id, workflow id)s."""
+    return stop_notifications(
+        session,
+        f"cancelled by cancellation_key {key!r}",
+        col(Notification.tenant_id) == tenant_id,
+        col(Notification.cancellation_key) == key,
+    )
+
+
+def acknowledge(session: Session, tenant_id: str, notification_id: str) -> Notification | None:
+    """Record the first acknowledgement; later ones change nothing."""
+    row = session.get(Notification, notification_id)
+    if row is None or row.tenant_id != tenant_id:
+        return None
+    if row.acknowledged_at is None:
+        row.acknowledged_at = utcnow()
+        session.add(row)
+        session.flush()
+    return row
+
+
+def skip_unfinished(session: Session, notification_id: str, reason: str) -> list[Delivery]:
+    """Skip every delivery of the notification that has not run; what ran is kept."""
+    ids = session.exec(
+        select(Delivery.id).where(
+            Delivery.notification_id == notification_id, col(Delivery.status).not_in(FINAL)
+        )
+    ).all()
+    return [transition(session, i, DeliveryStatus.SKIPPED, detail=reason) for i in ids]
+
+
+def claim_for_digest(session: Session, notification_ids: list[str]) -> list[str]:
+    """The notifications a closing digest may take, in the order given.
+
+    A notification is claimable while none of its deliveries has finished and it was
+    not stopped: a re-dispatched event that already went out in an earlier digest is
+    dropped here, so it is never sent twice. The first claimed one carries the digest;
+    the others' deliveries are skipped, pointing at it.
+    """
+    if not notification_ids:
+        return []
+    finished = set(
+        session.exec(
+            select(Delivery.notification_id).where(
+                col(Delivery.notification_id).in_(notification_ids),
+                col(Delivery.status).in_(FINAL),
+            )
+        ).all()
+    )
+    stopped = set(
+        session.exec(
+            select(Notification.id).where(
+                col(Notification.id).in_(notification_ids),
+                col(Notification.stopped_at).is_not(None),
+            )
+        ).all()
+    )
+    claimed = [n for n in dict.fromkeys(notification_ids) if n not in finished | stopped]
+    if claimed:
+        carrier = claimed[0]
+        for other in claimed[1:]:
+            skip_unfinished(session, other, f"digested into notification {carrier}")
+    return claimed
+
+
+def events_in_order(session: Session, event_ids: list[str]) -> list[Event]:
+    rows = {e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids)))}
+    return [rows[i] for i in event_ids if i in rows]
+
+
+def schedule(session: Session, delivery_id: str, at: datetime, detail: str) -> Delivery:
+    return transition(
+        session, delivery_id, DeliveryStatus.SCHEDULED, detail=detail, scheduled_for=at
+    )
+
+
+def mark_stopped(session: Session, notification_id: str, reason: str) -> None:
+    session.execute(
+        update(Notification)
+        .where(col(Notification.id) == notification_id, col(Notification.stopped_at).is_(None))
+        .values(stopped_at=utcnow(), stop_reason=reason[:255])
+    )
