@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
@@ -26,14 +26,14 @@ from channels.base import (
     TransientProviderError,
 )
 from channels.registry import Adapters
-from core.flows import AnySendStep
-from core.preferences import decide
+from core.flows import ACKNOWLEDGED, AnySendStep
+from core.preferences import decide, quiet_until
 from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
 from store.deliveries import add_sandbox_message, is_final, load_context, reopen, transition
 from store.models import Delivery, Preference, Subscriber
-from store.notifications import events_in_order
+from store.notifications import events_in_order, schedule
 from store.subscribers import disable_webhook_url, opt_out_channel, remove_push_tokens
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ class DeliverInput(BaseModel):
     default_locale: str = "en"
     # Set when this send carries a digest: the events folded into it, oldest first.
     digest_event_ids: list[str] | None = None
+    # `unless: acknowledged`, and whether the workflow has seen the acknowledge signal.
+    unless_acknowledged: bool = False
+    acknowledged: bool = False
+    # The workflow's clock when it scheduled the send, for quiet hours (tests skip time).
+    now: datetime | None = None
     # Which of the channel's providers to use (None: the worker's first), and the one the
     # workflow will fail over to, so a provider-level refusal leaves the delivery pending.
     provider: str | None = None
@@ -66,6 +71,10 @@ class DeliverResult(BaseModel):
     reason: str | None = None
     provider: str | None = None
     provider_message_id: str | None = None
+    # `scheduled`: quiet hours, ask again at this time.
+    scheduled_for: datetime | None = None
+    # The notification was stopped (cancelled, exit_on): skip every later step too.
+    stopped: str | None = None
 
 
 class RecordFailureInput(BaseModel):
@@ -169,8 +178,14 @@ class DeliveryActivities:
     def _prepare(
         self, inp: DeliverInput, channel: Channel, attempt: int
     ) -> DeliverResult | tuple[Message, str]:
-        """Read everything without the write lock; write only for a skip or a broken template."""
+        """Read everything without the write lock; write only for a skip or a broken template.
+
+        Decided here, just before the send, from fresh rows: a stop (cancellation,
+        exit_on), an acknowledgement, the preferences, and quiet hours.
+        """
         skip: str | None = None
+        stopped: str | None = None
+        quiet: tuple[datetime, str] | None = None
         template_error: TemplateError | None = None
         with read_scope(self.engine) as session:
             ctx = load_context(session, inp.delivery_id)
@@ -179,8 +194,16 @@ class DeliveryActivities:
             if is_final(ctx.delivery):
                 # Finished by an earlier attempt whose completion was lost: never resend.
                 return result_of(ctx.delivery)
-            skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
-            if skip is None and ctx.subscriber is not None:
+            n = ctx.notification
+            if n.stopped_at is not None:
+                skip = stopped = n.stop_reason or "stopped"
+            elif inp.unless_acknowledged and (inp.acknowledged or n.acknowledged_at is not None):
+                skip = ACKNOWLEDGED
+            else:
+                skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
+            if skip is None and not inp.critical and ctx.preference is not None:
+                quiet = _quiet(inp, ctx.preference, ctx.subscriber)
+            if skip is None and quiet is None and ctx.subscriber is not None:
                 try:
                     digest = (
                         None
@@ -201,10 +224,12 @@ class DeliveryActivities:
                 except TemplateError as exc:
                     template_error = exc
         with session_scope(self.engine) as session:
+            if quiet is not None:
+                until, why = quiet
+                return result_of(schedule(session, inp.delivery_id, until, why))
             if template_error is None:
-                return result_of(
-                    transition(session, inp.delivery_id, DeliveryStatus.SKIPPED, detail=skip)
-                )
+                row = transition(session, inp.delivery_id, DeliveryStatus.SKIPPED, detail=skip)
+                return result_of(row).model_copy(update={"stopped": stopped})
             transition(
                 session,
                 inp.delivery_id,
@@ -267,6 +292,18 @@ def _skip_reason(
     )
 
 
+def _quiet(
+    inp: DeliverInput, preference: Preference, subscriber: Subscriber | None
+) -> tuple[datetime, str] | None:
+    """When the subscriber's quiet hours around now end, and a summary for the UI."""
+    tz = subscriber.timezone if subscriber is not None else "UTC"
+    now = datetime.now(UTC) if inp.now is None else max(inp.now, datetime.now(UTC))
+    until = quiet_until(preference.quiet_hours, now, tz)
+    if until is None:
+        return None
+    return until.astimezone(UTC), f"quiet hours until {until:%H:%M} {tz}"
+
+
 def result_of(row: Delivery) -> DeliverResult:
     return DeliverResult(
         delivery_id=row.id,
@@ -275,4 +312,5 @@ def result_of(row: Delivery) -> DeliverResult:
         reason=row.reason,
         provider=row.provider,
         provider_message_id=row.provider_message_id,
+        scheduled_for=row.scheduled_for,
     )

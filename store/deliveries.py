@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import and_, update
+from sqlalchemy import Select, and_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -32,28 +32,33 @@ class DeliveryContext:
     preference: Preference | None
 
 
+Ts = TypeVarTuple("Ts")
+
+
+def with_recipient(stmt: Select[*Ts]) -> Select[*Ts]:
+    """Outer-join the notification's subscriber and preferences (either may be gone)."""
+    return stmt.outerjoin(
+        Subscriber,
+        and_(
+            col(Subscriber.tenant_id) == Notification.tenant_id,
+            col(Subscriber.id) == Notification.subscriber_id,
+        ),
+    ).outerjoin(
+        Preference,
+        and_(
+            col(Preference.tenant_id) == Notification.tenant_id,
+            col(Preference.subscriber_id) == Notification.subscriber_id,
+        ),
+    )
+
+
 def load_context(session: Session, delivery_id: str) -> DeliveryContext | None:
     """Everything one send needs, in one query, read fresh so preferences apply as of now."""
-    stmt = (
+    stmt = with_recipient(
         sa_select(Delivery, Notification, Event, Subscriber, Preference)
         .join(Notification, col(Notification.id) == Delivery.notification_id)
         .join(Event, col(Event.id) == Notification.event_id)
-        .outerjoin(
-            Subscriber,
-            and_(
-                col(Subscriber.tenant_id) == Delivery.tenant_id,
-                col(Subscriber.id) == Notification.subscriber_id,
-            ),
-        )
-        .outerjoin(
-            Preference,
-            and_(
-                col(Preference.tenant_id) == Delivery.tenant_id,
-                col(Preference.subscriber_id) == Notification.subscriber_id,
-            ),
-        )
-        .where(col(Delivery.id) == delivery_id)
-    )
+    ).where(col(Delivery.id) == delivery_id)
     row = session.execute(stmt).first()
     if row is None:
         return None

@@ -25,7 +25,7 @@ from core.types import (
     outcome,
 )
 from store.db import session_scope
-from store.flows import flows_for_event
+from store.flows import exiting_flows, flows_for_event
 from store.models import (
     Delivery,
     DeliveryEvent,
@@ -174,11 +174,7 @@ def _insert(
 
 def _exit_running(session: Session, event: Event, subscriber_ids: list[str]) -> list[str]:
     """Stop the recipients' running notifications of flows that exit on this event type."""
-    keys = [
-        f.key
-        for f in session.exec(select(Flow).where(Flow.tenant_id == event.tenant_id)).all()
-        if event.type in (f.exit_on or [])
-    ]
+    keys = exiting_flows(session, event.tenant_id, event.type)
     if not keys:
         return []
     stopped = stop_notifications(

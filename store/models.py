@@ -219,6 +219,15 @@ class Flow(FlowBase, table=True):
     updated_at: datetime = _ts()
 
 
+class FlowExit(SQLModel, table=True):
+    """``exit_on`` as rows, so accepting an event finds the flows it ends with one lookup."""
+
+    __tablename__ = "flow_exits"
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    event_type: str = Field(primary_key=True, max_length=128)
+    flow_key: str = Field(primary_key=True, max_length=128)
+
+
 class FlowPublic(FlowBase):
     key: str
     steps: list[dict[str, Any]]
@@ -268,12 +277,19 @@ class Event(EventBase, table=True):
 class Notification(SQLModel, table=True):
     __tablename__ = "notifications"
     __table_args__ = (
-        Index("ix_notifications_cancellation", "tenant_id", "cancellation_key"),
-        # Throttle counts and exit_on lookups: one subscriber's recent notifications of a flow.
+        # Only events that carry a key pay for this index.
+        Index(
+            "ix_notifications_cancellation",
+            "tenant_id",
+            "cancellation_key",
+            postgresql_where=text("cancellation_key IS NOT NULL"),
+            sqlite_where=text("cancellation_key IS NOT NULL"),
+        ),
+        # Throttle counts and exit_on lookups; its tenant_id prefix serves tenant scans too.
         Index("ix_notifications_subscriber_flow", "tenant_id", "subscriber_id", "flow_key"),
     )
     id: str = Field(primary_key=True, max_length=64)
-    tenant_id: str = Field(index=True, max_length=64)
+    tenant_id: str = Field(max_length=64)
     event_id: str = Field(foreign_key="events.id", index=True, max_length=64)
     flow_key: str = Field(max_length=128)
     subscriber_id: str = Field(max_length=128)

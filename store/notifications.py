@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, update
+from sqlalchemy import or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from core.types import TERMINAL_DELIVERY_STATUSES, DeliveryStatus
-from store.deliveries import transition
+from store.deliveries import transition, with_recipient
 from store.events import stop_notifications
 from store.models import Delivery, Event, Notification, Preference, Subscriber, utcnow
 
@@ -27,25 +27,11 @@ class StepContext:
 
 def step_context(session: Session, notification_id: str) -> StepContext | None:
     """What deciding the next step needs, read fresh in one query."""
-    stmt = (
-        sa_select(Notification, Subscriber, Preference, Event)
-        .join(Event, col(Event.id) == Notification.event_id)
-        .outerjoin(
-            Subscriber,
-            and_(
-                col(Subscriber.tenant_id) == Notification.tenant_id,
-                col(Subscriber.id) == Notification.subscriber_id,
-            ),
+    stmt = with_recipient(
+        sa_select(Notification, Subscriber, Preference, Event).join(
+            Event, col(Event.id) == Notification.event_id
         )
-        .outerjoin(
-            Preference,
-            and_(
-                col(Preference.tenant_id) == Notification.tenant_id,
-                col(Preference.subscriber_id) == Notification.subscriber_id,
-            ),
-        )
-        .where(col(Notification.id) == notification_id)
-    )
+    ).where(col(Notification.id) == notification_id)
     row = session.execute(stmt).first()
     if row is None:
         return None
@@ -95,23 +81,20 @@ def claim_for_digest(session: Session, notification_ids: list[str]) -> list[str]
     """
     if not notification_ids:
         return []
-    finished = set(
-        session.exec(
-            select(Delivery.notification_id).where(
-                col(Delivery.notification_id).in_(notification_ids),
-                col(Delivery.status).in_(FINAL),
-            )
-        ).all()
+    finished = (
+        select(Delivery.id)
+        .where(col(Delivery.notification_id) == Notification.id, col(Delivery.status).in_(FINAL))
+        .exists()
     )
-    stopped = set(
+    taken = set(
         session.exec(
             select(Notification.id).where(
                 col(Notification.id).in_(notification_ids),
-                col(Notification.stopped_at).is_not(None),
+                or_(col(Notification.stopped_at).is_not(None), finished),
             )
         ).all()
     )
-    claimed = [n for n in dict.fromkeys(notification_ids) if n not in finished | stopped]
+    claimed = [n for n in dict.fromkeys(notification_ids) if n not in taken]
     if claimed:
         carrier = claimed[0]
         for other in claimed[1:]:

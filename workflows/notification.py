@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
         RecordFailureInput,
         ReopenInput,
     )
-    from activities.orchestration import FlowActivities, GateInput, ResolveDelayInput, StopInput
+    from activities.orchestration import FlowActivities, ResolveDelayInput, StopInput
     from activities.policies import (
         FAILOVER_ERROR_TYPES,
         RECORD_RETRY,
@@ -188,46 +188,22 @@ class NotificationWorkflow:
     # --- send steps ------------------------------------------------------------------
 
     async def _step(self, inp: NotificationInput, index: int) -> DeliverResult | None:
-        """Gate (stop, ack, preferences, quiet hours), then send; None if stopped."""
+        """Send, honouring what the activity decided: quiet hours defer it, a stop ends all."""
         step = inp.flow.steps[index]
-        delivery_id = inp.delivery_ids[index]
-        if delivery_id is None or not is_send(step):
+        if inp.delivery_ids[index] is None or not is_send(step):
             return None
-        self._enter(index, f"{_kind(step)}")
+        self._enter(index, _kind(step))
         while self._stop is None:
-            gate = await workflow.execute_local_activity_method(
-                FlowActivities.gate,
-                GateInput(
-                    notification_id=inp.notification_id,
-                    delivery_id=delivery_id,
-                    now=workflow.now(),
-                    category=inp.flow.category,
-                    flow_key=inp.flow.key,
-                    critical=inp.flow.critical,
-                    unless_acknowledged=getattr(step, "unless", None) == ACKNOWLEDGED,
-                    acknowledged=self._acknowledged,
-                ),
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary=f"step {index + 1}: check",
-            )
-            if gate.action == "stop":
-                self._stop = gate.reason or "stopped"
-                self._view.stopped = self._stop
-                return None
-            if gate.action == "done":
-                assert gate.result is not None
-                self._mark(index, gate.result.status.value, detail=gate.result.reason)
-                return gate.result
-            if gate.action == "defer":
-                assert gate.until is not None
-                # Quiet hours: the delivery reads `scheduled` until they end, then is re-checked.
-                await self._sleep_until(
-                    index, gate.until, gate.reason or "deferred", state="scheduled"
-                )
-                continue
             self._mark(index, "running")
             result = await self._send(inp, index)
+            if result.stopped is not None:
+                self._stop = self._view.stopped = result.stopped
+            if result.status == DeliveryStatus.SCHEDULED and result.scheduled_for is not None:
+                # Quiet hours: the delivery reads `scheduled` until they end, then is re-checked.
+                await self._sleep_until(
+                    index, result.scheduled_for, result.reason or "deferred", state="scheduled"
+                )
+                continue
             self._mark(index, result.status.value, detail=result.reason)
             return result
         return None
@@ -335,6 +311,9 @@ class NotificationWorkflow:
                         prior_attempts=attempts,
                         default_locale=inp.flow.default_locale,
                         digest_event_ids=inp.digest_event_ids,
+                        unless_acknowledged=getattr(step, "unless", None) == ACKNOWLEDGED,
+                        acknowledged=self._acknowledged,
+                        now=workflow.now(),
                     ),
                     task_queue=inp.channel_queues[channel],
                     start_to_close_timeout=policy.start_to_close,

@@ -59,7 +59,6 @@ def build_workers(
                     activities=[
                         acts.record_failure,
                         acts.reopen_delivery,
-                        flow_acts.gate,
                         flow_acts.resolve_delay,
                         flow_acts.stop_notification,
                         flow_acts.claim_digest,

@@ -21,6 +21,27 @@ DIGEST_FLOW: dict[str, Any] = {
 }
 
 
+async def _subscriber_with_digest(herald: Herald, max_items: int | None = None) -> str:
+    sub = unique("u")
+    await herald.put_subscriber(sub, email=f"{sub}@example.com")
+    digest = dict(DIGEST_FLOW["steps"][0])
+    if max_items is not None:
+        digest["max_items"] = max_items
+    await herald.put_flow("comments", **{**DIGEST_FLOW, "steps": [digest, DIGEST_FLOW["steps"][1]]})
+    return sub
+
+
+async def _comment_burst(herald: Herald, sub: str, threads: list[str]) -> list[str]:
+    """One comment event per thread entry, all at once; ``n`` is the position."""
+    published = await asyncio.gather(
+        *(
+            herald.publish(type="comment.created", to=[sub], data={"thread": t, "n": n})
+            for n, t in enumerate(threads)
+        )
+    )
+    return [p["id"] for p in published]
+
+
 async def _all_final(herald: Herald, event_ids: list[str], within: float = 30.0) -> list[Any]:
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -36,17 +57,9 @@ async def _all_final(herald: Herald, event_ids: list[str], within: float = 30.0)
 async def test_fifty_events_in_one_second_make_exactly_one_digest(
     herald: Herald, fresh_provider: FakeProvider
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow("comments", **DIGEST_FLOW)
+    sub = await _subscriber_with_digest(herald)
 
-    published = await asyncio.gather(
-        *(
-            herald.publish(type="comment.created", to=[sub], data={"thread": "t1", "n": n})
-            for n in range(50)
-        )
-    )
-    notifications = await _all_final(herald, [p["id"] for p in published])
+    notifications = await _all_final(herald, await _comment_burst(herald, sub, ["t1"] * 50))
 
     (mail,) = fresh_provider.requests("sendgrid")
     assert mail.json["subject"] == "50 new comments"
@@ -68,17 +81,9 @@ async def test_fifty_events_in_one_second_make_exactly_one_digest(
 async def test_different_keys_make_separate_digests(
     herald: Herald, fresh_provider: FakeProvider
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow("comments", **DIGEST_FLOW)
+    sub = await _subscriber_with_digest(herald)
 
-    published = await asyncio.gather(
-        *(
-            herald.publish(type="comment.created", to=[sub], data={"thread": t, "n": n})
-            for n, t in enumerate(["a", "b", "a", "b", "a"])
-        )
-    )
-    await _all_final(herald, [p["id"] for p in published])
+    await _all_final(herald, await _comment_burst(herald, sub, ["a", "b", "a", "b", "a"]))
 
     subjects = sorted(r.json["subject"] for r in fresh_provider.requests("sendgrid"))
     assert subjects == ["2 new comments", "3 new comments"]
@@ -87,9 +92,7 @@ async def test_different_keys_make_separate_digests(
 async def test_an_event_after_the_window_opens_a_new_digest(
     herald: Herald, fresh_provider: FakeProvider
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow("comments", **DIGEST_FLOW)
+    sub = await _subscriber_with_digest(herald)
 
     first = await herald.publish(type="comment.created", to=[sub], data={"thread": "t", "n": 1})
     await _all_final(herald, [first["id"]])
@@ -104,19 +107,9 @@ async def test_max_items_closes_the_window_early_and_the_rest_open_the_next(
     herald: Herald, fresh_provider: FakeProvider
 ) -> None:
     """12 events, at most 5 per digest: 5 + 5 + 2, every event in exactly one digest."""
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    flow = {**DIGEST_FLOW, "steps": [dict(DIGEST_FLOW["steps"][0]), DIGEST_FLOW["steps"][1]]}
-    flow["steps"][0]["max_items"] = 5
-    await herald.put_flow("comments", **flow)
+    sub = await _subscriber_with_digest(herald, max_items=5)
 
-    published = await asyncio.gather(
-        *(
-            herald.publish(type="comment.created", to=[sub], data={"thread": "t", "n": n})
-            for n in range(12)
-        )
-    )
-    await _all_final(herald, [p["id"] for p in published])
+    await _all_final(herald, await _comment_burst(herald, sub, ["t"] * 12))
 
     mails = fresh_provider.requests("sendgrid")
     assert sorted(m.json["subject"] for m in mails) == [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -95,13 +95,19 @@ async def _finish(
     return (await herald.http.get(f"/v1/events/{event_id}")).json()
 
 
-async def _timers(herald: Herald, workflow_id: str) -> list[timedelta]:
+async def _history(herald: Herald, workflow_id: str, kind: EventType.ValueType) -> list[Any]:
     handle = herald.client.get_workflow_handle(workflow_id)
-    return [
-        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-        async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
-    ]
+    return [e async for e in handle.fetch_history_events() if e.event_type == kind]
+
+
+async def _timers(herald: Herald, workflow_id: str) -> list[timedelta]:
+    started = await _history(herald, workflow_id, EventType.EVENT_TYPE_TIMER_STARTED)
+    return [e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() for e in started]
+
+
+async def _fired(herald: Herald, workflow_id: str) -> list[datetime]:
+    fired = await _history(herald, workflow_id, EventType.EVENT_TYPE_TIMER_FIRED)
+    return [e.event_time.ToDatetime(tzinfo=UTC) for e in fired]
 
 
 def _email(text: str) -> dict[str, str]:
@@ -264,19 +270,12 @@ async def test_send_window_waits_for_the_next_local_morning(
     (n,) = event["notifications"]
     assert _statuses(n) == ["sent"]
     (mail,) = fresh_provider.requests("sendgrid")
-    handle = herald.client.get_workflow_handle(n["workflow_id"])
-    fired = [
-        e.event_time.ToDatetime(tzinfo=UTC)
-        async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED
-    ]
-    (at,) = fired
+    (at,) = await _fired(herald, n["workflow_id"])
     local = at.astimezone(ZoneInfo("Asia/Tokyo"))
     assert (local.hour, local.minute) == (9, 0)
     summaries = [
         e.user_metadata.summary.data.decode()
-        async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+        for e in await _history(herald, n["workflow_id"], EventType.EVENT_TYPE_TIMER_STARTED)
     ]
     assert summaries == ['"send window: until 09:00 Asia/Tokyo"']
 
@@ -300,10 +299,36 @@ async def test_delay_until_a_timestamp_from_the_event(
 
     (n,) = event["notifications"]
     assert _statuses(n) == ["sent"]
-    handle = herald.client.get_workflow_handle(n["workflow_id"])
-    (fired,) = [
-        e.event_time.ToDatetime(tzinfo=UTC)
-        async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED
-    ]
+    (fired,) = await _fired(herald, n["workflow_id"])
     assert abs((fired - remind_at).total_seconds()) < 1
+
+
+async def test_quiet_hours_hold_an_sms_until_they_end_then_send_it(
+    herald: Herald, fresh_provider: FakeProvider, skipping_env: WorkflowEnvironment
+) -> None:
+    sub = unique("u")
+    await herald.put_subscriber(sub, phone="+14155550100", timezone="Europe/Berlin")
+    local = (await skipping_env.get_current_time()).astimezone(ZoneInfo("Europe/Berlin"))
+    start, end = local - timedelta(hours=1), local + timedelta(hours=3)
+    quiet = {"start": f"{start:%H:%M}", "end": f"{end:%H:%M}"}
+    r = await herald.http.put(f"/v1/subscribers/{sub}/preferences", json={"quiet_hours": quiet})
+    assert r.status_code == 200, r.text
+    await herald.put_flow(
+        "nudge", event_type="cart.abandoned", steps=[{"channel": "sms", "text": "x"}]
+    )
+    published = await herald.publish(type="cart.abandoned", to=[sub])
+    scheduled = await _until(
+        herald, published["id"], lambda n: n["deliveries"][0]["status"] == "scheduled"
+    )
+    assert fresh_provider.requests("twilio") == []
+    assert scheduled["notifications"][0]["deliveries"][0]["reason"] == (
+        f"quiet hours until {end:%H:%M} Europe/Berlin"
+    )
+
+    event = await _finish(herald, skipping_env, published["id"], timedelta(hours=4))
+
+    (n,) = event["notifications"]
+    assert _statuses(n) == ["sent"]
+    (fired,) = await _fired(herald, n["workflow_id"])
+    assert abs(fired - end.replace(second=0, microsecond=0)) < timedelta(seconds=1)
+    assert len(fresh_provider.requests("twilio")) == 1
