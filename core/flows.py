@@ -227,6 +227,28 @@ def step_problems(steps: list[Any]) -> list[tuple[int, str, str, str]]:
     return problems
 
 
+def check_step_tags(title: str, steps: Any) -> None:
+    """Name the field for a step of unknown kind: ``type``, or ``channel`` for a send step."""
+    if not isinstance(steps, list):
+        return
+    errors = []
+    for i, raw in enumerate(steps):
+        if not isinstance(raw, dict) or step_tag(raw) in STEP_TAGS:
+            continue
+        field = "channel" if raw.get("type") in (None, "send") else "type"
+        errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unknown_step_type", str(_UNKNOWN_STEP["custom_error_message"])
+                ),
+                loc=("steps", i, field),
+                input=raw.get(field),
+            )
+        )
+    if errors:
+        raise ValidationError.from_exception_data(title, errors)
+
+
 def check_steps(title: str, steps: list[Any]) -> None:
     """Raise one ValidationError locating each cross-step problem at ``steps[i].field``."""
     problems = step_problems(steps)

@@ -27,6 +27,7 @@ from core.flows import (
     LOCALE_PATTERN,
     StepIn,
     ThrottleIn,
+    check_step_tags,
     check_steps,
 )
 from core.preferences import PreferenceSet
@@ -199,6 +200,13 @@ class FlowCreate(FlowBase):
     throttle: ThrottleIn | None = None
     exit_on: list[EventType] = Field(default_factory=list, max_length=20)
     default_locale: Annotated[str, StringConstraints(pattern=LOCALE.pattern, max_length=35)] = "en"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_are_known_kinds(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_step_tags("FlowCreate", data.get("steps"))
+        return data
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> FlowCreate:

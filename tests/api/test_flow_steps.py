@@ -40,9 +40,14 @@ async def test_wait_must_be_followed_by_a_send(herald: Herald) -> None:
 
 async def test_unknown_step_type_is_refused(herald: Herald) -> None:
     (err,) = await _refused(herald, [SMS, {"type": "teleport"}])
-    assert err["loc"] == ["body", "steps", 1]
+    assert err["loc"] == ["body", "steps", 1, "type"]
     assert err["type"] == "unknown_step_type"
     assert "delay, wait or digest" in err["msg"]
+
+
+async def test_unknown_channel_names_the_channel_field(herald: Herald) -> None:
+    (err,) = await _refused(herald, [{"channel": "pigeon", "text": "x"}])
+    assert (err["loc"], err["type"]) == (["body", "steps", 0, "channel"], "unknown_step_type")
 
 
 async def test_delay_with_two_targets_is_refused(herald: Herald) -> None:

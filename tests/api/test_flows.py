@@ -41,7 +41,10 @@ async def test_broken_template_is_422_naming_step_and_field(herald: Herald) -> N
 async def test_bad_step_definitions_are_422(herald: Herald) -> None:
     cases = [
         ({"event_type": "x.y", "steps": []}, ["body", "steps"]),
-        ({"event_type": "x.y", "steps": [{"channel": "fax", "text": "x"}]}, ["body", "steps", 0]),
+        (
+            {"event_type": "x.y", "steps": [{"channel": "fax", "text": "x"}]},
+            ["body", "steps", 0, "channel"],
+        ),
         (
             {"event_type": "x.y", "steps": [{"channel": "email", "text": "x"}]},
             ["body", "steps", 0, "email", "subject"],

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from tests.conftest import Herald, unique
-from tests.fakes.provider import FakeProvider, twilio_error_body
+from tests.fakes.provider import (
+    FakeProvider,
+    fcm_error_body,
+    fcm_error_status,
+    twilio_error_body,
+)
 
 
 async def test_twilio_unsubscribed_opts_the_subscriber_out_of_sms(
@@ -66,3 +71,29 @@ async def test_retry_after_is_honoured_between_attempts(
     first, second = fresh_provider.requests("sendgrid")
     assert (first.status, second.status) == (429, 202)
     assert second.received_at - first.received_at >= 3.0
+
+
+async def test_fcm_dead_tokens_are_removed_and_live_ones_kept(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    sub = unique("u")
+    await herald.put_subscriber(sub, push_tokens=["tok-live", "tok-gone", "tok-bad"])
+    await herald.put_flow(
+        "ping", event_type="a.ping", steps=[{"channel": "push", "title": "t", "body": "b"}]
+    )
+    for token, code in (("tok-gone", "UNREGISTERED"), ("tok-bad", "INVALID_ARGUMENT")):
+        fresh_provider.fail(
+            "fcm", fcm_error_status(code), body=fcm_error_body(code), when=token, times=None
+        )
+    event = await herald.wait_event((await herald.publish(type="a.ping", to=[sub]))["id"])
+    (d,) = event["notifications"][0]["deliveries"]
+    assert d["status"] == "sent"  # one live token is enough
+    assert (await herald.http.get(f"/v1/subscribers/{sub}")).json()["push_tokens"] == ["tok-live"]
+
+    # With only dead tokens left, the send fails at once and the tokens are gone too.
+    await herald.put_subscriber(sub, push_tokens=["tok-gone"])
+    event = await herald.wait_event((await herald.publish(type="a.ping", to=[sub]))["id"])
+    (d,) = event["notifications"][0]["deliveries"]
+    assert (d["status"], d["attempts"]) == ("failed", 1)
+    assert "UNREGISTERED" in d["reason"]
+    assert (await herald.http.get(f"/v1/subscribers/{sub}")).json()["push_tokens"] == []
