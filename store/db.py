@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -103,10 +103,29 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         cur.close()
 
 
+class SchemaOutdatedError(RuntimeError):
+    """The database predates columns this code needs; Herald has no migrations yet."""
+
+
 def init_db(engine: Engine) -> None:
     from store import models  # noqa: F401  (registers the tables)
 
     SQLModel.metadata.create_all(engine)
+    check_schema(engine)
+
+
+def check_schema(engine: Engine) -> None:
+    """Fail at start with a clear message, not at the first insert, on an old database."""
+    inspector = inspect(engine)
+    missing = []
+    for table in SQLModel.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    if missing:
+        raise SchemaOutdatedError(
+            f"the database lacks {', '.join(missing)}: it was created by an older Herald. "
+            "For a dev database run `make clean`; elsewhere add the columns (store/models.py)."
+        )
 
 
 @contextmanager

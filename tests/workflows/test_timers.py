@@ -131,6 +131,25 @@ async def test_day_and_week_long_delays_run_in_order(
         ],
     )
     published = await herald.publish(type="user.signup", to=[sub])
+    first = await _until(herald, published["id"], lambda n: _statuses(n)[0] == "sent")
+    handle = herald.client.get_workflow_handle(first["notifications"][0]["workflow_id"])
+    # What support staff see in the UI while the notification sleeps: the step it is on,
+    # and each step's state from the `status` query.
+    deadline = asyncio.get_running_loop().time() + 10
+    metadata = "__temporal_workflow_metadata"
+    while not (details := (await handle.query(metadata)).current_details).startswith("step 2/"):
+        assert asyncio.get_running_loop().time() < deadline, details
+        await asyncio.sleep(0.05)
+    assert details.startswith("step 2/5: delay 1d until ")
+    view = await handle.query("status")
+    assert [s["state"] for s in view["steps"]] == [
+        "sent",
+        "waiting",
+        "pending",
+        "pending",
+        "pending",
+    ]
+    assert view["current_step"] == 1
 
     event = await _finish(herald, skipping_env, published["id"], timedelta(days=9))
 
