@@ -68,12 +68,13 @@ class FlowActivities:
                 until=at.astimezone(UTC), summary=f"send window: until {step.until_local} {tz}"
             )
         if step.until is not None:
+            text = ""
             try:
                 text = render(step.until, {"data": data}).strip()
                 at = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except (TemplateError, ValueError) as exc:
                 raise ApplicationError(
-                    f"delay until {step.until!r} is not an ISO 8601 timestamp: {exc}",
+                    f"delay until {step.until} gave {text!r}, not an ISO 8601 timestamp ({exc})",
                     type="BadDelay",
                     non_retryable=True,
                 ) from exc

@@ -44,11 +44,13 @@ def delivery_retry(spec: RetrySpec) -> RetryPolicy:
     )
 
 
-# Bookkeeping against our own database: retry briefly, it is local and cheap.
+# Bookkeeping against our own database: local and cheap, so retried quickly, and until it
+# works: giving up would fail the workflow and leave its deliveries (or a digest's events)
+# pending for good, when the database is only briefly away.
 RECORD_TIMEOUT = timedelta(seconds=15)
 RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
-    maximum_attempts=20,
+    maximum_attempts=0,
 )

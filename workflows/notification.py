@@ -145,15 +145,23 @@ class NotificationWorkflow:
             until = workflow.now() + step.duration
             summary = f"delay {_human(step.duration)} until {until:%Y-%m-%d %H:%M} UTC"
         else:
-            resolved = await workflow.execute_local_activity_method(
-                FlowActivities.resolve_delay,
-                ResolveDelayInput(
-                    notification_id=inp.notification_id, step=step, now=workflow.now()
-                ),
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary=f"step {index + 1}: resolve delay",
-            )
+            try:
+                resolved = await workflow.execute_local_activity_method(
+                    FlowActivities.resolve_delay,
+                    ResolveDelayInput(
+                        notification_id=inp.notification_id, step=step, now=workflow.now()
+                    ),
+                    start_to_close_timeout=RECORD_TIMEOUT,
+                    retry_policy=RECORD_RETRY,
+                    summary=f"step {index + 1}: resolve delay",
+                )
+            except (ActivityError, ApplicationError) as err:
+                # A local activity's failure may arrive unwrapped, as the ApplicationError.
+                # The event's data cannot say when (e.g. no timestamp): stop, saying why,
+                # rather than fail the workflow and leave the later deliveries pending.
+                self._mark(index, "failed", detail=_reason(err))
+                self._stop = self._view.stopped = f"step {index + 1}: {_reason(err)}"
+                return
             until, summary = resolved.until, resolved.summary
         await self._sleep_until(index, until, summary)
         self._mark(index, "done")
@@ -384,8 +392,8 @@ def _line(r: DeliverResult) -> str:
     return f"{r.channel.value}: {r.status.value}" + (f" ({r.reason})" if r.reason else "")
 
 
-def _reason(err: ActivityError) -> str:
-    cause = err.cause
+def _reason(err: ActivityError | ApplicationError) -> str:
+    cause = err if isinstance(err, ApplicationError) else err.cause
     if isinstance(cause, ApplicationError):
         return cause.message
     return str(cause or err)

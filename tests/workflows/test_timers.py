@@ -351,3 +351,29 @@ async def test_quiet_hours_hold_an_sms_until_they_end_then_send_it(
     (fired,) = await _fired(herald, n["workflow_id"])
     assert abs(fired - end.replace(second=0, microsecond=0)) < timedelta(seconds=1)
     assert len(fresh_provider.requests("twilio")) == 1
+
+
+async def test_a_delay_timestamp_the_event_lacks_stops_the_notification_saying_why(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    sub = unique("u")
+    await herald.put_subscriber(sub, email=f"{sub}@example.com")
+    await herald.put_flow(
+        "appointment",
+        event_type="appointment.booked",
+        steps=[
+            _email("Booked"),
+            {"type": "delay", "until": "{{ data.remind_at }}"},
+            _email("Soon"),
+        ],
+    )
+    published = await herald.publish(type="appointment.booked", to=[sub], data={})
+    await herald.wait_dispatched(published["id"])
+    handle = herald.client.get_workflow_handle(published["notifications"][0]["workflow_id"])
+    await asyncio.wait_for(handle.result(), 10)
+
+    (n,) = (await herald.http.get(f"/v1/events/{published['id']}")).json()["notifications"]
+    assert _statuses(n) == ["sent", "skipped"]
+    reason = n["deliveries"][1]["reason"]
+    assert reason.startswith("step 2: delay until {{ data.remind_at }} gave '', not an ISO 8601")
+    assert [r.json["subject"] for r in fresh_provider.requests("sendgrid")] == ["Booked"]
