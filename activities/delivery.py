@@ -12,6 +12,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.pacing import Pacer
 from activities.policies import (
     PERMANENT_PROVIDER,
     PERMANENT_RECIPIENT,
@@ -90,9 +91,13 @@ class ReopenInput(BaseModel):
 class DeliveryActivities:
     """Holds the engine and adapters so activities get them without globals."""
 
-    def __init__(self, engine: Engine, adapters: Adapters) -> None:
+    def __init__(
+        self, engine: Engine, adapters: Adapters, pacers: dict[Channel, Pacer] | None = None
+    ) -> None:
         self.engine = engine
         self.adapters = adapters
+        # Rate-limited channels: calls spaced evenly in this process (see activities.pacing).
+        self.pacers = pacers or {}
 
     def sandbox_sink(self, message: Message) -> None:
         with session_scope(self.engine) as session:
@@ -126,6 +131,9 @@ class DeliveryActivities:
         if isinstance(prepared, DeliverResult):
             return prepared
         message, subscriber_id = prepared
+        pacer = self.pacers.get(channel)
+        if pacer is not None:
+            pacer.wait()
         try:
             sent = adapter.send(message)
         except PermanentProviderError as exc:

@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
 from activities.orchestration import FlowActivities
+from activities.pacing import Pacer
 from channels.registry import build_adapters
 from core.settings import Settings
 from core.types import Channel
@@ -44,7 +45,8 @@ def build_workers(
     executor = executor or ThreadPoolExecutor(
         max_workers=per_queue * len(queues) + 8, thread_name_prefix="herald-activity"
     )
-    acts = DeliveryActivities(engine, {})
+    pacers = {c: Pacer(rate) for c in Channel if (rate := settings.rate_limit_for(c)) is not None}
+    acts = DeliveryActivities(engine, {}, pacers)
     acts.adapters = build_adapters(settings, acts.sandbox_sink)
     flow_acts = FlowActivities(engine)
     workers: list[Worker] = []
