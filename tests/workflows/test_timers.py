@@ -114,14 +114,21 @@ def _email(text: str) -> dict[str, str]:
     return {"channel": "email", "subject": text, "text": text}
 
 
+async def _emailed(herald: Herald, flow: str, event_type: str, **body: Any) -> str:
+    """A new subscriber with an email address, and the flow ``flow`` for ``event_type``."""
+    sub = unique("u")
+    await herald.put_subscriber(sub, email=f"{sub}@example.com")
+    await herald.put_flow(flow, event_type=event_type, **body)
+    return sub
+
+
 async def test_day_and_week_long_delays_run_in_order(
     herald: Herald, fresh_provider: FakeProvider, skipping_env: WorkflowEnvironment
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow(
+    sub = await _emailed(
+        herald,
         "onboarding",
-        event_type="user.signup",
+        "user.signup",
         steps=[
             _email("day 0"),
             {"type": "delay", "duration": "P1D"},
@@ -163,11 +170,10 @@ async def test_day_and_week_long_delays_run_in_order(
 async def test_drip_stops_when_the_exit_event_arrives(
     herald: Herald, fresh_provider: FakeProvider, skipping_env: WorkflowEnvironment
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow(
+    sub = await _emailed(
+        herald,
         "drip",
-        event_type="user.signup",
+        "user.signup",
         exit_on=["order.placed"],
         steps=[
             _email("welcome"),
@@ -302,11 +308,10 @@ async def test_send_window_waits_for_the_next_local_morning(
 async def test_delay_until_a_timestamp_from_the_event(
     herald: Herald, fresh_provider: FakeProvider, skipping_env: WorkflowEnvironment
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow(
+    sub = await _emailed(
+        herald,
         "appointment",
-        event_type="appointment.booked",
+        "appointment.booked",
         steps=[{"type": "delay", "until": "{{ data.remind_at }}"}, _email("Reminder")],
     )
     now = await skipping_env.get_current_time()
@@ -356,11 +361,10 @@ async def test_quiet_hours_hold_an_sms_until_they_end_then_send_it(
 async def test_a_delay_timestamp_the_event_lacks_stops_the_notification_saying_why(
     herald: Herald, fresh_provider: FakeProvider
 ) -> None:
-    sub = unique("u")
-    await herald.put_subscriber(sub, email=f"{sub}@example.com")
-    await herald.put_flow(
+    sub = await _emailed(
+        herald,
         "appointment",
-        event_type="appointment.booked",
+        "appointment.booked",
         steps=[
             _email("Booked"),
             {"type": "delay", "until": "{{ data.remind_at }}"},
