@@ -103,10 +103,10 @@ class NotificationWorkflow:
                 sent = await asyncio.gather(*(self._step(inp, j) for j in group))
                 results.update({j: r for j, r in zip(group, sent, strict=True) if r is not None})
                 i = group[-1] + 1
+        if self._stop is None:
+            await self._dead_letters(inp, results)
         if self._stop is not None:
             await self._skip_rest(inp, results)
-        else:
-            await self._dead_letters(inp, results)
         deliveries = [results[k] for k in sorted(results)]
         final = outcome(r.status for r in deliveries)
         if final != self._status:
@@ -230,13 +230,15 @@ class NotificationWorkflow:
             if delivery_id in by_id:
                 results[index] = by_id[delivery_id]
                 self._mark(index, "skipped", detail=self._stop)
-            elif index not in results and delivery_id is None:
-                self._mark(index, "skipped", detail=self._stop)
+            elif delivery_id is None and self._view.steps[index].state == "pending":
+                self._mark(index, "skipped", detail=self._stop)  # a control step never reached
 
     async def _dead_letters(
         self, inp: NotificationInput, results: dict[int, DeliverResult]
     ) -> None:
-        while failed := [i for i, r in results.items() if r.status == DeliveryStatus.FAILED]:
+        while self._stop is None and (
+            failed := [i for i, r in results.items() if r.status == DeliveryStatus.FAILED]
+        ):
             # A dead letter: stay open so support can fix the cause and send `retry`.
             self._set_status(NotificationStatus.FAILED)
             workflow.set_current_details(
@@ -259,16 +261,17 @@ class NotificationWorkflow:
                     retry_policy=RECORD_RETRY,
                     summary=f"reopen step {i + 1}",
                 )
-            retried = await asyncio.gather(*(self._send(inp, i) for i in chosen))
+            # Through _step, so quiet hours and stops apply to a retry as to a first send.
+            retried = await asyncio.gather(*(self._step(inp, i) for i in chosen))
             for i, result in zip(chosen, retried, strict=True):
-                results[i] = result
-                self._mark(i, result.status.value, detail=result.reason)
+                if result is not None:
+                    results[i] = result
 
     async def _next_retry(self, retention: timedelta) -> RetryRequest | None:
         if not self._retries and retention > timedelta(0):
             try:
                 await workflow.wait_condition(
-                    lambda: bool(self._retries),
+                    lambda: bool(self._retries) or self._stop is not None,
                     timeout=retention,
                     timeout_summary="dead letter: waiting for a retry signal",
                 )

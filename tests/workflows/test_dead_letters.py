@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import WorkflowExecutionStatus
@@ -137,3 +138,39 @@ async def test_dead_letter_closes_as_failed_when_retention_passes(
     event = await herald.wait_event(accepted["id"], within=30)
     assert event["notifications"][0]["status"] == "failed"
     assert event["notifications"][0]["deliveries"][0]["status"] == "failed"
+
+
+async def test_a_retry_during_quiet_hours_is_scheduled_not_lost(
+    herald_factory: HeraldFactory, fresh_provider: FakeProvider
+) -> None:
+    """The retried send meets quiet hours: it waits for them like a first send would."""
+    herald = await herald_factory(dead_letter_retention=600)
+    sub = unique("u")
+    await herald.put_subscriber(sub, phone="+14155550100")
+    await herald.put_flow("otp", event_type="auth.otp", steps=[SMS])
+    fresh_provider.fail("twilio", 500, times=2)
+    accepted = await herald.publish(type="auth.otp", to=[sub])
+    (row,) = await dead_letters(herald, 1, channel="sms")
+
+    now = datetime.now(UTC)
+    quiet = {
+        "start": f"{now - timedelta(hours=1):%H:%M}",
+        "end": f"{now + timedelta(hours=2):%H:%M}",
+    }
+    r = await herald.http.put(f"/v1/subscribers/{sub}/preferences", json={"quiet_hours": quiet})
+    assert r.status_code == 200, r.text
+    r = await herald.http.post(f"/v1/notifications/{row['notification_id']}/retry")
+    assert r.status_code == 202, r.text
+
+    for _ in range(100):
+        event = (await herald.http.get(f"/v1/events/{accepted['id']}")).json()
+        (d,) = event["notifications"][0]["deliveries"]
+        if d["status"] == "scheduled":
+            break
+        await asyncio.sleep(0.1)
+    assert d["status"] == "scheduled" and d["reason"].startswith("quiet hours until"), d
+    assert event["notifications"][0]["status"] == "running"
+    handle = herald.client.get_workflow_handle(row["workflow_id"])
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert [r.status for r in fresh_provider.requests("twilio")] == [500, 500]
+    await handle.terminate("test over")
