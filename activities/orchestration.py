@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -18,12 +19,9 @@ from core.flows import DelayStep
 from core.preferences import next_local
 from core.templates import TemplateError, render
 from store.db import read_scope, session_scope
-from store.notifications import (
-    claim_for_digest,
-    mark_stopped,
-    skip_unfinished,
-    step_context,
-)
+from store.events import stop_notifications
+from store.models import Notification
+from store.notifications import claim_for_digest, delay_context, skip_unfinished
 
 
 class ResolveDelayInput(BaseModel):
@@ -55,13 +53,12 @@ class FlowActivities:
         """Turn ``until`` (a template) or ``until_local`` (HH:MM) into a UTC instant."""
         step = inp.step
         with read_scope(self.engine) as session:
-            ctx = step_context(session, inp.notification_id)
-            if ctx is None:
-                raise ApplicationError(
-                    f"notification {inp.notification_id} not found", non_retryable=True
-                )
-            tz = ctx.subscriber.timezone if ctx.subscriber is not None else "UTC"
-            data = ctx.event.data
+            found = delay_context(session, inp.notification_id)
+        if found is None:
+            raise ApplicationError(
+                f"notification {inp.notification_id} not found", non_retryable=True
+            )
+        tz, data = found
         if step.until_local is not None:
             at = next_local(step.until_local, inp.now, tz)
             return ResolvedDelay(
@@ -86,7 +83,8 @@ class FlowActivities:
     def stop_notification(self, inp: StopInput) -> list[DeliverResult]:
         """Skip what has not run, keep what has; returns the skipped deliveries."""
         with session_scope(self.engine) as session:
-            mark_stopped(session, inp.notification_id, inp.reason)
+            # Records why, unless the API's stop (cancel, exit_on) already did.
+            stop_notifications(session, inp.reason, col(Notification.id) == inp.notification_id)
             return [result_of(d) for d in skip_unfinished(session, inp.notification_id, inp.reason)]
 
     @activity.defn(name="claim_digest")

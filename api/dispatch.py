@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from fastapi.concurrency import run_in_threadpool
@@ -19,14 +20,20 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
-from api.temporal import TemporalGateway, TemporalUnavailableError
+from api.temporal import TemporalGateway, TemporalUnavailableError, signal_open
 from core.flows import FlowDefinition
 from core.settings import Settings
 from core.templates import TemplateError, render
-from core.types import Channel, digest_workflow_id, notification_workflow_id
-from store.events import AcceptedEvent, PlannedNotification, mark_dispatched, undispatched
+from core.types import Channel, digest_workflow_id
+from store.events import (
+    AcceptedEvent,
+    PlannedNotification,
+    exit_reason,
+    mark_dispatched,
+    undispatched,
+)
 from store.models import utcnow
 from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow, identifying_attributes, summary
@@ -73,7 +80,11 @@ async def _start(client: Client, settings: Settings, inp: NotificationInput, wf_
 
 
 async def _add_to_digest(
-    client: Client, settings: Settings, inp: NotificationInput, accepted: AcceptedEvent
+    client: Client,
+    settings: Settings,
+    inp: NotificationInput,
+    accepted: AcceptedEvent,
+    workflow_id: str,
 ) -> None:
     """Signal-with-start: the open digest takes the event, or a new window opens with it."""
     digest = inp.flow.digest
@@ -92,15 +103,13 @@ async def _add_to_digest(
     item = DigestItem(
         notification_id=inp.notification_id,
         event_id=inp.event_id,
-        workflow_id=notification_workflow_id(
-            inp.tenant_id, inp.event_id, inp.flow.key, inp.subscriber_id, inp.replay_id
-        ),
+        workflow_id=workflow_id,
         delivery_ids=inp.delivery_ids,
     )
     template = inp.model_copy(update={"digest_event_ids": []})
     await client.start_workflow(
         DigestWorkflow.run,
-        DigestInput(template=template, digest_id=digest_id),
+        DigestInput(template=template),
         id=digest_id,
         task_queue=settings.workflow_task_queue,
         start_signal="add",
@@ -112,31 +121,25 @@ async def _add_to_digest(
     )
 
 
-async def _wake(client: Client, workflow_id: str, reason: str) -> None:
-    """Best effort: the stop is already stored, and checked before every step."""
-    try:
-        await client.get_workflow_handle(workflow_id).signal("stop", StopRequest(reason=reason))
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-
-
 async def dispatch(gateway: TemporalGateway, settings: Settings, accepted: AcceptedEvent) -> None:
     """Start every notification of one event; raises if Temporal cannot be reached."""
     if not accepted.notifications and not accepted.exited:
         return
     client = await gateway.client()
-    starts = []
+    starts: list[Awaitable[object]] = []
     for p in accepted.notifications:
         if not p.runs:
             continue
         inp = workflow_input(settings, accepted, p)
         if inp.flow.digest is not None and inp.replay_id is None:
-            starts.append(_add_to_digest(client, settings, inp, accepted))
+            starts.append(
+                _add_to_digest(client, settings, inp, accepted, p.notification.workflow_id)
+            )
         else:
             starts.append(_start(client, settings, inp, p.notification.workflow_id))
-    reason = f"exited: {accepted.event.type} event {accepted.event.id}"
-    starts.extend(_wake(client, wf, reason) for wf in accepted.exited)
+    # Wakes them at once; the stop is already stored, and checked before every step.
+    stop = StopRequest(reason=exit_reason(accepted.event))
+    starts.extend(signal_open(client, wf, "stop", stop) for wf in accepted.exited)
     try:
         await asyncio.gather(*starts)
     except RPCError as exc:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.settings import Settings
 from core.temporal import connect
@@ -63,3 +64,14 @@ class TemporalGateway:
         if ok:
             self.mark_reachable()
         return bool(ok)
+
+
+async def signal_open(client: Client, workflow_id: str, name: str, *args: object) -> bool:
+    """Signal a workflow; False when it is closed or gone. Other errors raise."""
+    try:
+        await client.get_workflow_handle(workflow_id).signal(name, args=list(args))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVarTuple
+from typing import Any
 
-from sqlalchemy import Select, and_, update
+from sqlalchemy import and_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -32,33 +32,32 @@ class DeliveryContext:
     preference: Preference | None
 
 
-Ts = TypeVarTuple("Ts")
-
-
-def with_recipient(stmt: Select[*Ts]) -> Select[*Ts]:
-    """Outer-join the notification's subscriber and preferences (either may be gone)."""
-    return stmt.outerjoin(
-        Subscriber,
-        and_(
-            col(Subscriber.tenant_id) == Notification.tenant_id,
-            col(Subscriber.id) == Notification.subscriber_id,
-        ),
-    ).outerjoin(
-        Preference,
-        and_(
-            col(Preference.tenant_id) == Notification.tenant_id,
-            col(Preference.subscriber_id) == Notification.subscriber_id,
-        ),
-    )
+# Status values a delivery never leaves (but for a person's retry of a failure).
+FINAL = [s.value for s in TERMINAL_DELIVERY_STATUSES]
 
 
 def load_context(session: Session, delivery_id: str) -> DeliveryContext | None:
     """Everything one send needs, in one query, read fresh so preferences apply as of now."""
-    stmt = with_recipient(
+    stmt = (
         sa_select(Delivery, Notification, Event, Subscriber, Preference)
         .join(Notification, col(Notification.id) == Delivery.notification_id)
         .join(Event, col(Event.id) == Notification.event_id)
-    ).where(col(Delivery.id) == delivery_id)
+        .outerjoin(
+            Subscriber,
+            and_(
+                col(Subscriber.tenant_id) == Delivery.tenant_id,
+                col(Subscriber.id) == Notification.subscriber_id,
+            ),
+        )
+        .outerjoin(
+            Preference,
+            and_(
+                col(Preference.tenant_id) == Delivery.tenant_id,
+                col(Preference.subscriber_id) == Notification.subscriber_id,
+            ),
+        )
+        .where(col(Delivery.id) == delivery_id)
+    )
     row = session.execute(stmt).first()
     if row is None:
         return None
@@ -87,10 +86,9 @@ def transition(
     values: dict[str, Any] = {**fields, "status": status.value, "updated_at": utcnow()}
     if detail is not None:
         values["reason"] = detail[:2000]
-    final = [s.value for s in TERMINAL_DELIVERY_STATUSES]
     stmt = (
         update(Delivery)
-        .where(col(Delivery.id) == delivery_id, col(Delivery.status).not_in(final))
+        .where(col(Delivery.id) == delivery_id, col(Delivery.status).not_in(FINAL))
         .values(**values)
         .returning(Delivery)
         .execution_options(synchronize_session=False)

@@ -25,6 +25,7 @@ from core.types import (
     outcome,
 )
 from store.db import session_scope
+from store.deliveries import FINAL
 from store.flows import exiting_flows, flows_for_event
 from store.models import (
     Delivery,
@@ -179,12 +180,16 @@ def _exit_running(session: Session, event: Event, subscriber_ids: list[str]) -> 
         return []
     stopped = stop_notifications(
         session,
-        f"exited: {event.type} event {event.id}",
+        exit_reason(event),
         col(Notification.tenant_id) == event.tenant_id,
         col(Notification.subscriber_id).in_(subscriber_ids),
         col(Notification.flow_key).in_(keys),
     )
     return [wf for _, wf in stopped]
+
+
+def exit_reason(event: Event) -> str:
+    return f"exited: {event.type} event {event.id}"
 
 
 def stop_notifications(session: Session, reason: str, *where: Any) -> list[tuple[str, str]]:
@@ -197,7 +202,7 @@ def stop_notifications(session: Session, reason: str, *where: Any) -> list[tuple
         select(Delivery.id)
         .where(
             col(Delivery.notification_id) == Notification.id,
-            col(Delivery.status).not_in([s.value for s in TERMINAL_DELIVERY_STATUSES]),
+            col(Delivery.status).not_in(FINAL),
         )
         .exists()
     )

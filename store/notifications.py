@@ -2,41 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import and_, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from core.types import TERMINAL_DELIVERY_STATUSES, DeliveryStatus
-from store.deliveries import transition, with_recipient
+from core.types import DeliveryStatus
+from store.deliveries import FINAL, transition
 from store.events import stop_notifications
-from store.models import Delivery, Event, Notification, Preference, Subscriber, utcnow
-
-FINAL = [s.value for s in TERMINAL_DELIVERY_STATUSES]
+from store.models import Delivery, Event, Notification, Subscriber, utcnow
 
 
-@dataclass
-class StepContext:
-    notification: Notification
-    subscriber: Subscriber | None
-    preference: Preference | None
-    event: Event
-
-
-def step_context(session: Session, notification_id: str) -> StepContext | None:
-    """What deciding the next step needs, read fresh in one query."""
-    stmt = with_recipient(
-        sa_select(Notification, Subscriber, Preference, Event).join(
-            Event, col(Event.id) == Notification.event_id
+def delay_context(session: Session, notification_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The subscriber's timezone and the event's data: what a delay's target is read from."""
+    stmt = (
+        sa_select(col(Subscriber.timezone), col(Event.data))
+        .select_from(Notification)
+        .join(Event, col(Event.id) == Notification.event_id)
+        .outerjoin(
+            Subscriber,
+            and_(
+                col(Subscriber.tenant_id) == Notification.tenant_id,
+                col(Subscriber.id) == Notification.subscriber_id,
+            ),
         )
-    ).where(col(Notification.id) == notification_id)
+        .where(col(Notification.id) == notification_id)
+    )
     row = session.execute(stmt).first()
     if row is None:
         return None
-    notification, subscriber, preference, event = row
-    return StepContext(notification, subscriber, preference, event)
+    timezone, data = row
+    return timezone or "UTC", data
 
 
 def cancel_by_key(session: Session, tenant_id: str, key: str) -> list[tuple[str, str]]:
@@ -110,12 +108,4 @@ def events_in_order(session: Session, event_ids: list[str]) -> list[Event]:
 def schedule(session: Session, delivery_id: str, at: datetime, detail: str) -> Delivery:
     return transition(
         session, delivery_id, DeliveryStatus.SCHEDULED, detail=detail, scheduled_for=at
-    )
-
-
-def mark_stopped(session: Session, notification_id: str, reason: str) -> None:
-    session.execute(
-        update(Notification)
-        .where(col(Notification.id) == notification_id, col(Notification.stopped_at).is_(None))
-        .values(stopped_at=utcnow(), stop_reason=reason[:255])
     )

@@ -66,7 +66,6 @@ class DigestWorkflow:
             workflow.continue_as_new(
                 DigestInput(
                     template=inp.template,
-                    digest_id=inp.digest_id,
                     carried=self._items,
                     opened_at=opened,
                 )
@@ -106,9 +105,7 @@ class DigestWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         leftover = self._items[len(batch) :]
         if leftover:
-            workflow.continue_as_new(
-                DigestInput(template=inp.template, digest_id=inp.digest_id, carried=leftover)
-            )
+            workflow.continue_as_new(DigestInput(template=inp.template, carried=leftover))
         status = NotificationStatus.SENT if claimed else NotificationStatus.SKIPPED
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
         return DigestResult(

@@ -90,7 +90,6 @@ class DigestInput(BaseModel):
     """What every notification of the digest shares; items arrive by signal."""
 
     template: NotificationInput
-    digest_id: str
     # Carried over by continue-as-new: items not yet sent, and the open window's start.
     carried: list[DigestItem] = Field(default_factory=list)
     opened_at: datetime | None = None

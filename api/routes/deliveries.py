@@ -7,15 +7,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from temporalio.client import WorkflowHandle
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import GatewayDep, ReadSessionDep, TenantDep
-from api.temporal import TemporalGateway
+from api.temporal import TemporalGateway, signal_open
 from core.types import Channel, DeliveryStatus
 from store.deliveries import failed_deliveries, notification_for
 from store.models import DeadLetterPublic, Delivery, Notification, RetryAccepted, RetryFilter
-from workflows.notification import NotificationWorkflow
 from workflows.types import RetryRequest
 
 router = APIRouter(tags=["deliveries"])
@@ -93,17 +90,8 @@ async def retry_deliveries(
 
 
 async def _signal(gateway: TemporalGateway, workflow_id: str, request: RetryRequest) -> bool:
-    client = await gateway.client()
-    handle: WorkflowHandle[NotificationWorkflow, object] = client.get_workflow_handle_for(
-        NotificationWorkflow.run, workflow_id
-    )
-    try:
-        await handle.signal(NotificationWorkflow.retry, request)
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:  # completed: nothing left to retry
-            return False
-        raise
-    return True
+    """False when the notification has completed: nothing is left to retry."""
+    return await signal_open(await gateway.client(), workflow_id, "retry", request)
 
 
 def _public(d: Delivery, n: Notification) -> DeadLetterPublic:

@@ -12,14 +12,13 @@ import logging
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.deps import EngineDep, GatewayDep, TenantDep
-from api.temporal import TemporalGateway, TemporalUnavailableError
+from api.temporal import TemporalGateway, TemporalUnavailableError, signal_open
 from store.db import session_scope
 from store.models import Acknowledged, CancelRequest, CancelResult, Notification
 from store.notifications import acknowledge, cancel_by_key
-from workflows.notification import NotificationWorkflow
 from workflows.types import StopRequest
 
 log = logging.getLogger(__name__)
@@ -72,19 +71,13 @@ def _cancel(engine: Engine, tenant: str, key: str) -> list[tuple[str, str]]:
 
 
 async def _signal_quietly(
-    gateway: TemporalGateway, workflow_id: str, name: str, arg: object | None = None
+    gateway: TemporalGateway, workflow_id: str, name: str, *args: object
 ) -> None:
     """The stored state already decides; the signal only wakes a sleeping workflow."""
     try:
-        client = await gateway.client()
-        handle = client.get_workflow_handle_for(NotificationWorkflow.run, workflow_id)
-        if arg is None:
-            await handle.signal(name)
-        else:
-            await handle.signal(name, arg)
+        await signal_open(await gateway.client(), workflow_id, name, *args)
     except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            gateway.mark_unreachable(exc)
-            log.warning("could not signal %s to %s: %s", name, workflow_id, exc)
+        gateway.mark_unreachable(exc)
+        log.warning("could not signal %s to %s: %s", name, workflow_id, exc)
     except TemporalUnavailableError as exc:
         log.warning("could not signal %s to %s: %s", name, workflow_id, exc)
