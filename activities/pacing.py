@@ -2,9 +2,9 @@
 
 Temporal's task-queue rate limit holds the average across every worker, but it is a
 token bucket: after a quiet spell it lets a second's worth of tasks out at once, and a
-1-second window can then see up to twice the rate. The pacer gives each call its own
-slot, ``1/rate`` apart, so one process never bursts; the queue-wide limit still caps
-the sum over processes.
+1-second window can then see up to twice the rate. The pacer lets calls go at most one
+per ``1/rate`` seconds in this process; the queue-wide limit still caps the sum over
+processes.
 """
 
 from __future__ import annotations
@@ -21,14 +21,27 @@ class Pacer:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def reserve(self) -> float:
-        """Claim the next free slot: a ``time.monotonic()`` instant, now or later."""
+    def claim(self) -> float | None:
+        """Take the turn if it is due (returns its time), else None: wait ``pause()``."""
         with self._lock:
-            slot = max(time.monotonic(), self._next)
-            self._next = slot + self.interval
-            return slot
+            now = time.monotonic()
+            if now < self._next:
+                return None
+            self._next = now + self.interval
+            return now
 
-    def wait(self) -> None:
-        delay = self.reserve() - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    def pause(self) -> float:
+        """How long until the next turn is due."""
+        with self._lock:
+            return max(0.0, self._next - time.monotonic())
+
+    def wait(self) -> float:
+        """Block until this caller's turn; returns when it was taken (``time.monotonic()``).
+
+        The turn is claimed after waking, not booked before sleeping: when the process
+        stalls (the GIL, a busy machine), callers that wake late together still go one
+        interval apart instead of all at once.
+        """
+        while (taken := self.claim()) is None:
+            time.sleep(self.pause())
+        return taken
