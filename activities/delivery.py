@@ -21,6 +21,7 @@ from activities.policies import (
     TRANSIENT,
 )
 from activities.render import NoAddressError, build_message
+from activities.tracking import Tracker
 from channels.base import (
     Message,
     PermanentProviderError,
@@ -28,11 +29,21 @@ from channels.base import (
 )
 from channels.registry import Adapters
 from core.flows import ACKNOWLEDGED, AnySendStep
+from core.lifecycle import ENGAGEMENT
 from core.preferences import decide, quiet_until
 from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
-from store.deliveries import add_sandbox_message, is_final, load_context, reopen, transition
+from store.deliveries import (
+    add_sandbox_message,
+    engaged_before,
+    is_final,
+    load_context,
+    reopen,
+    transition,
+)
+from store.engagement import TrackedLink, save_links
+from store.lifecycle import mark_sent
 from store.models import Delivery, Preference, Subscriber
 from store.notifications import events_in_order, schedule
 from store.subscribers import disable_webhook_url, opt_out_channel, remove_push_tokens
@@ -55,6 +66,10 @@ class DeliverInput(BaseModel):
     # `unless: acknowledged`, and whether the workflow has seen the acknowledge signal.
     unless_acknowledged: bool = False
     acknowledged: bool = False
+    # `unless: delivered|opened|clicked`, and the engagement the workflow was signalled;
+    # the stored status is checked too, so a lost signal cannot cause a wrong send.
+    unless: str | None = None
+    engaged: list[str] = []
     # The workflow's clock when it scheduled the send, for quiet hours (tests skip time).
     now: datetime | None = None
     # Which of the channel's providers to use (None: the worker's first), and the one the
@@ -92,12 +107,18 @@ class DeliveryActivities:
     """Holds the engine and adapters so activities get them without globals."""
 
     def __init__(
-        self, engine: Engine, adapters: Adapters, pacers: dict[Channel, Pacer] | None = None
+        self,
+        engine: Engine,
+        adapters: Adapters,
+        pacers: dict[Channel, Pacer] | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.engine = engine
         self.adapters = adapters
         # Rate-limited channels: calls spaced evenly in this process (see activities.pacing).
         self.pacers = pacers or {}
+        # Open pixel, tracked links and unsubscribe headers; None leaves messages as rendered.
+        self.tracker = tracker
 
     def sandbox_sink(self, message: Message) -> None:
         with session_scope(self.engine) as session:
@@ -130,7 +151,11 @@ class DeliveryActivities:
         prepared = self._prepare(inp, channel, attempts)
         if isinstance(prepared, DeliverResult):
             return prepared
-        message, subscriber_id = prepared
+        message, subscriber_id, links = prepared
+        if links:
+            # Before the send: a click may come back before the send is recorded.
+            with session_scope(self.engine) as session:
+                save_links(session, links)
         pacer = self.pacers.get(channel)
         if pacer is not None:
             pacer.wait()
@@ -170,14 +195,15 @@ class DeliveryActivities:
                 str(exc), exc.code, attempts, type=TRANSIENT, next_retry_delay=delay
             ) from exc
         with session_scope(self.engine) as session:
-            row = transition(
+            row = mark_sent(
                 session,
                 inp.delivery_id,
-                DeliveryStatus.SENT,
+                flow_key=inp.flow_key,
+                category=inp.category,
                 attempts=attempts,
-                reason=None,
                 provider=sent.provider,
                 provider_message_id=sent.provider_message_id,
+                delivered=sent.delivered,
             )
             if sent.invalid_tokens:
                 remove_push_tokens(session, message.tenant_id, subscriber_id, sent.invalid_tokens)
@@ -185,7 +211,7 @@ class DeliveryActivities:
 
     def _prepare(
         self, inp: DeliverInput, channel: Channel, attempt: int
-    ) -> DeliverResult | tuple[Message, str]:
+    ) -> DeliverResult | tuple[Message, str, list[TrackedLink]]:
         """Read everything without the write lock; write only for a skip or a broken template.
 
         Decided here, just before the send, from fresh rows: a stop (cancellation,
@@ -207,6 +233,12 @@ class DeliveryActivities:
                 skip = stopped = n.stop_reason or "stopped"
             elif inp.unless_acknowledged and (inp.acknowledged or n.acknowledged_at is not None):
                 skip = ACKNOWLEDGED
+            elif inp.unless in ENGAGEMENT and (
+                inp.unless in inp.engaged or engaged_before(session, ctx.delivery, inp.unless)
+            ):
+                skip = f"an earlier send was {inp.unless}"
+            elif ctx.suppression is not None:
+                skip = f"email address suppressed: {ctx.suppression.reason}"
             else:
                 skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
             if skip is None and not inp.critical and ctx.preference is not None:
@@ -226,7 +258,10 @@ class DeliveryActivities:
                         default_locale=inp.default_locale,
                         digest=digest,
                     )
-                    return message, ctx.subscriber.id
+                    links: list[TrackedLink] = []
+                    if self.tracker is not None:
+                        message, links = self.tracker.apply(message, inp.step, ctx.notification)
+                    return message, ctx.subscriber.id, links
                 except NoAddressError as exc:
                     skip = str(exc)
                 except TemplateError as exc:

@@ -75,3 +75,16 @@ async def signal_open(client: Client, workflow_id: str, name: str, *args: object
             return False
         raise
     return True
+
+
+async def signal_quietly(
+    gateway: TemporalGateway, workflow_id: str, name: str, *args: object
+) -> None:
+    """The stored state already decides; the signal only wakes a sleeping workflow."""
+    try:
+        await signal_open(await gateway.client(), workflow_id, name, *args)
+    except RPCError as exc:
+        gateway.mark_unreachable(exc)
+        log.warning("could not signal %s to %s: %s", name, workflow_id, exc)
+    except TemporalUnavailableError as exc:
+        log.warning("could not signal %s to %s: %s", name, workflow_id, exc)

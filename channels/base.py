@@ -17,6 +17,8 @@ class EmailContent:
     subject: str
     text: str
     html: str | None = None
+    # Extra headers, e.g. List-Unsubscribe and List-Unsubscribe-Post (RFC 8058).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SendResult:
     provider_message_id: str
     # Push tokens the provider reported as dead; the caller removes them from the subscriber.
     invalid_tokens: tuple[str, ...] = ()
+    # The answer already proves delivery (a webhook receiver's 2xx).
+    delivered: bool = False
 
 
 class ProviderError(Exception):

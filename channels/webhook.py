@@ -91,7 +91,9 @@ class WebhookAdapter:
 
         if 200 <= status < 300:
             log.info("webhook delivery %s accepted by %s (%s)", message.delivery_id, url, status)
-            return SendResult(provider=PROVIDER, provider_message_id=message.delivery_id)
+            return SendResult(
+                provider=PROVIDER, provider_message_id=message.delivery_id, delivered=True
+            )
 
         detail = f"{url} answered HTTP {status}"
         text = snippet.decode("utf-8", "replace").strip()

@@ -31,6 +31,9 @@ EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
 Locale = Annotated[str, Field(pattern=LOCALE_PATTERN)]
 ACKNOWLEDGED = "acknowledged"
+# What `wait until` and `unless` may name: an acknowledgement, or engagement with an
+# earlier send of the same notification (an open implies delivery, a click an open).
+Condition = Literal["acknowledged", "delivered", "opened", "clicked"]
 
 
 class _Pure(BaseModel):
@@ -42,8 +45,10 @@ class _Step(_Pure):
     retry: RetryOverride | None = Field(
         default=None, description="Overrides the channel's default retry policy"
     )
-    unless: Literal["acknowledged"] | None = Field(
-        default=None, description="Skip this send if the notification was acknowledged"
+    unless: Condition | None = Field(
+        default=None,
+        description="Skip this send if the notification was acknowledged, or if an earlier "
+        "send of it was delivered, opened or clicked",
     )
 
 
@@ -70,12 +75,16 @@ class EmailStep(_Step):
     locales: dict[Locale, EmailLocale] = Field(
         default_factory=dict, description="Per-locale overrides of subject, text and html"
     )
+    track: bool = Field(
+        default=True, description="Open pixel and click tracking (when enabled globally)"
+    )
 
 
 class SmsStep(_Step):
     channel: Literal[Channel.SMS] = Channel.SMS
     text: str = Field(min_length=1)
     locales: dict[Locale, SmsLocale] = Field(default_factory=dict)
+    track_links: bool = Field(default=False, description="Rewrite links to short tracked links")
 
 
 class PushStep(_Step):
@@ -124,11 +133,11 @@ class DelayStep(_Pure):
 
 
 class WaitStep(_Pure):
-    """Wait out ``duration``, or less if the notification is acknowledged first."""
+    """Wait out ``duration``, or less if the condition is met first."""
 
     type: Literal["wait"]
     duration: Duration
-    until: Literal["acknowledged"] = "acknowledged"
+    until: Condition = "acknowledged"
 
 
 class DigestStep(_Pure):
@@ -224,7 +233,32 @@ def step_problems(steps: list[Any]) -> list[tuple[int, str, str, str]]:
             problems.append(
                 (i, "type", "delay_without_send", "a delay must be followed by a send step")
             )
+        field, condition = _condition(step)
+        if condition not in (None, ACKNOWLEDGED) and not any(sends[:i]):
+            problems.append(
+                (
+                    i,
+                    field,
+                    "engagement_without_send",
+                    f"{condition!r} refers to an earlier send step, and there is none",
+                )
+            )
     return problems
+
+
+def _condition(step: Any) -> tuple[str, str | None]:
+    if isinstance(step, WaitStep):
+        return "until", step.until
+    return "unless", getattr(step, "unless", None)
+
+
+def watches_engagement(steps: list[dict[str, Any]]) -> bool:
+    """Whether a stored flow's steps wait for, or are skipped by, engagement."""
+    for step in steps:
+        wanted = step.get("until") if step.get("type") == "wait" else step.get("unless")
+        if wanted not in (None, ACKNOWLEDGED):
+            return True
+    return False
 
 
 def check_step_tags(title: str, steps: Any) -> None:

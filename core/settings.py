@@ -25,6 +25,7 @@ SANDBOX = "sandbox"
 
 # A fixed dev secret keeps signatures reproducible locally; production refuses it.
 DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herald-dev-webhook-secret-0001").decode()
+DEV_TRACKING_SECRET = "herald-dev-tracking-secret-0001"
 
 
 class Settings(BaseSettings):
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The externally reachable base URL for tracking links and provider callbacks.
+    public_url: str | None = None
+    # Where the dashboard links a workflow (the Temporal Web UI).
+    temporal_ui_url: str | None = None
     # "key1:tenantA,key2:tenantB"
     api_keys: SecretStr = SecretStr("")
 
@@ -61,6 +66,12 @@ class Settings(BaseSettings):
     # unset channels use every configured provider in KNOWN_PROVIDERS order.
     providers: dict[Channel, list[str]] = Field(default_factory=dict)
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+    # The base64 public key SendGrid shows for its signed Event Webhook; unset refuses events.
+    sendgrid_webhook_public_key: str | None = None
+    # Open pixel, click links and one-click unsubscribe in emails (a flow step may opt out).
+    tracking: bool = True
+    # Signs tracking, click and unsubscribe links; shared by the API and the worker.
+    tracking_secret: SecretStr = SecretStr(DEV_TRACKING_SECRET)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Per-channel retry defaults, e.g. HERALD_RETRY_SMS='{"maximum_attempts": 5}'.
@@ -135,6 +146,10 @@ class Settings(BaseSettings):
             return self
         if self.webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
             raise ValueError("HERALD_WEBHOOK_SECRET must be set in production")
+        if self.tracking_secret.get_secret_value() == DEV_TRACKING_SECRET:
+            raise ValueError("HERALD_TRACKING_SECRET must be set in production")
+        if not self.public_url:
+            raise ValueError("HERALD_PUBLIC_URL must be set in production")
         if not self.api_key_map():
             raise ValueError("HERALD_API_KEYS must be set in production")
         return self
@@ -175,6 +190,15 @@ class Settings(BaseSettings):
             n for n in KNOWN_PROVIDERS[channel] if self.provider_configured(n)
         ]
         return names or [SANDBOX]
+
+    @property
+    def base_url(self) -> str:
+        """``HERALD_PUBLIC_URL``, or the API's own address, with no trailing slash."""
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def temporal_ui_base(self) -> str:
+        return (self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}").rstrip("/")
 
     @property
     def temporal_target(self) -> str:

@@ -20,14 +20,26 @@ class DeliveryStatus(StrEnum):
     # Waiting for its time: quiet hours or a send window (see Delivery.scheduled_for).
     SCHEDULED = "scheduled"
     SENT = "sent"
-    DELIVERED = "delivered"
     SKIPPED = "skipped"
     FAILED = "failed"
+    # After the send, reported by providers, the tracking pixel and links, or apps.
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    BOUNCED = "bounced"
+    UNDELIVERED = "undelivered"
 
 
-TERMINAL_DELIVERY_STATUSES = frozenset(
-    {DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.SKIPPED, DeliveryStatus.FAILED}
+# Statuses the send path never leaves (but for a person's retry of a failure).
+TERMINAL_DELIVERY_STATUSES = frozenset(DeliveryStatus) - {
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SCHEDULED,
+}
+# A message that reached the provider and was not refused later.
+REACHED = frozenset(
+    {DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED}
 )
+FAILURES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.UNDELIVERED})
 
 
 class NotificationStatus(StrEnum):
@@ -46,9 +58,9 @@ def outcome(statuses: Iterable[DeliveryStatus]) -> NotificationStatus:
     The workflow reports it as ``HeraldStatus``; the API derives it from the rows.
     """
     seen = set(statuses)
-    if DeliveryStatus.FAILED in seen:
+    if seen & FAILURES:
         return NotificationStatus.FAILED
-    if seen & {DeliveryStatus.SENT, DeliveryStatus.DELIVERED}:
+    if seen & REACHED:
         return NotificationStatus.SENT
     return NotificationStatus.SKIPPED
 

@@ -6,14 +6,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, update
+from sqlalchemy import and_, func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from core.types import TERMINAL_DELIVERY_STATUSES, DeliveryStatus, new_id
+from core.types import TERMINAL_DELIVERY_STATUSES, Channel, DeliveryStatus, new_id
+from store.engagement import Suppression
 from store.models import (
+    Click,
     Delivery,
+    DeliveryDetail,
     DeliveryEvent,
+    DeliveryEventPublic,
     Event,
     Notification,
     Preference,
@@ -21,6 +25,7 @@ from store.models import (
     Subscriber,
     utcnow,
 )
+from store.rollups import count_failure
 
 
 @dataclass
@@ -30,6 +35,8 @@ class DeliveryContext:
     event: Event
     subscriber: Subscriber | None
     preference: Preference | None
+    # The subscriber's email address is suppressed (a hard bounce, a spam report).
+    suppression: Suppression | None = None
 
 
 # Status values a delivery never leaves (but for a person's retry of a failure).
@@ -39,7 +46,7 @@ FINAL = [s.value for s in TERMINAL_DELIVERY_STATUSES]
 def load_context(session: Session, delivery_id: str) -> DeliveryContext | None:
     """Everything one send needs, in one query, read fresh so preferences apply as of now."""
     stmt = (
-        sa_select(Delivery, Notification, Event, Subscriber, Preference)
+        sa_select(Delivery, Notification, Event, Subscriber, Preference, Suppression)
         .join(Notification, col(Notification.id) == Delivery.notification_id)
         .join(Event, col(Event.id) == Notification.event_id)
         .outerjoin(
@@ -56,13 +63,36 @@ def load_context(session: Session, delivery_id: str) -> DeliveryContext | None:
                 col(Preference.subscriber_id) == Notification.subscriber_id,
             ),
         )
+        .outerjoin(
+            Suppression,
+            and_(
+                col(Delivery.channel) == Channel.EMAIL.value,
+                col(Suppression.tenant_id) == Delivery.tenant_id,
+                col(Suppression.channel) == Channel.EMAIL.value,
+                col(Suppression.address) == func.lower(Subscriber.email),
+            ),
+        )
         .where(col(Delivery.id) == delivery_id)
     )
     row = session.execute(stmt).first()
     if row is None:
         return None
-    delivery, notification, event, subscriber, preference = row
-    return DeliveryContext(delivery, notification, event, subscriber, preference)
+    return DeliveryContext(*row)
+
+
+def engaged_before(session: Session, delivery: Delivery, stage: str) -> bool:
+    """Whether an earlier send of the same notification reached ``stage`` (stored truth)."""
+    column = getattr(Delivery, f"{stage}_at")
+    stmt = (
+        sa_select(Delivery.id)  # type: ignore[call-overload]
+        .where(
+            col(Delivery.notification_id) == delivery.notification_id,
+            col(Delivery.step_index) < delivery.step_index,
+            col(column).is_not(None),
+        )
+        .limit(1)
+    )
+    return session.execute(stmt).first() is not None
 
 
 def is_final(delivery: Delivery) -> bool:
@@ -83,9 +113,30 @@ def transition(
     duplicate (a retried activity, a second failure record) can never turn
     ``sent`` back into ``failed``, even when two race.
     """
-    values: dict[str, Any] = {**fields, "status": status.value, "updated_at": utcnow()}
+    delivery = try_transition(session, delivery_id, status, detail=detail, **fields)
+    if delivery is None:
+        current = session.get(Delivery, delivery_id)
+        if current is None:
+            raise LookupError(f"delivery {delivery_id} does not exist")
+        return current
+    return delivery
+
+
+def try_transition(
+    session: Session,
+    delivery_id: str,
+    status: DeliveryStatus,
+    *,
+    detail: str | None = None,
+    **fields: Any,
+) -> Delivery | None:
+    """``transition``, but None when the delivery was already final (or is gone)."""
+    now = utcnow()
+    values: dict[str, Any] = {**fields, "status": status.value, "updated_at": now}
     if detail is not None:
         values["reason"] = detail[:2000]
+    if status == DeliveryStatus.FAILED:
+        values["failed_at"] = now
     stmt = (
         update(Delivery)
         .where(col(Delivery.id) == delivery_id, col(Delivery.status).not_in(FINAL))
@@ -95,10 +146,7 @@ def transition(
     )
     delivery = session.execute(stmt).scalars().first()
     if delivery is None:
-        current = session.get(Delivery, delivery_id)
-        if current is None:
-            raise LookupError(f"delivery {delivery_id} does not exist")
-        return current
+        return None
     session.add(
         DeliveryEvent(
             tenant_id=delivery.tenant_id,
@@ -107,6 +155,8 @@ def transition(
             detail=None if detail is None else detail[:2000],
         )
     )
+    if status == DeliveryStatus.FAILED:
+        count_failure(session, delivery, now)
     return delivery
 
 
@@ -116,15 +166,22 @@ def reopen(session: Session, delivery_id: str, detail: str) -> Delivery | None:
     The only way out of a final state, and only out of ``failed``: a sent
     message is never re-sent by a retry.
     """
+    failed_at = session.execute(
+        sa_select(Delivery.failed_at).where(  # type: ignore[call-overload]
+            col(Delivery.id) == delivery_id
+        )
+    ).scalar()
     stmt = (
         update(Delivery)
         .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.FAILED)
-        .values(status=DeliveryStatus.PENDING.value, updated_at=utcnow())
+        .values(status=DeliveryStatus.PENDING.value, updated_at=utcnow(), failed_at=None)
         .returning(Delivery)
         .execution_options(synchronize_session=False)
     )
     delivery = session.execute(stmt).scalars().first()
     if delivery is not None:
+        if failed_at is not None:  # the failure no longer counts: the retry decides
+            count_failure(session, delivery, failed_at, -1)
         session.add(
             DeliveryEvent(
                 tenant_id=delivery.tenant_id,
@@ -211,3 +268,41 @@ def list_sandbox_messages(
         stmt = stmt.where(SandboxMessage.channel == channel)
     stmt = stmt.order_by(col(SandboxMessage.created_at).desc()).limit(limit)
     return list(session.exec(stmt).all())
+
+
+def clicks_for(session: Session, delivery_ids: list[str]) -> dict[str, list[Click]]:
+    """Every click of these deliveries, oldest first, for the timelines."""
+    if not delivery_ids:
+        return {}
+    stmt = (
+        select(DeliveryEvent)
+        .where(
+            col(DeliveryEvent.delivery_id).in_(delivery_ids),
+            DeliveryEvent.status == DeliveryStatus.CLICKED.value,
+        )
+        .order_by(col(DeliveryEvent.id))
+    )
+    out: dict[str, list[Click]] = {}
+    for e in session.exec(stmt).all():
+        at = e.occurred_at or e.created_at
+        out.setdefault(e.delivery_id, []).append(Click(url=e.url, at=at, source=e.source))
+    return out
+
+
+def delivery_detail(session: Session, tenant_id: str, delivery_id: str) -> DeliveryDetail | None:
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None or delivery.tenant_id != tenant_id:
+        return None
+    n = session.get(Notification, delivery.notification_id)
+    assert n is not None
+    events = history(session, delivery_id)
+    return DeliveryDetail(
+        **delivery.model_dump(),
+        clicks=clicks_for(session, [delivery_id]).get(delivery_id, []),
+        notification_id=n.id,
+        event_id=n.event_id,
+        flow=n.flow_key,
+        subscriber_id=n.subscriber_id,
+        workflow_id=n.workflow_id,
+        timeline=[DeliveryEventPublic.model_validate(e, from_attributes=True) for e in events],
+    )

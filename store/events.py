@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from core.flows import Throttle
+from core.flows import Throttle, watches_engagement
 from core.templates import TemplateError, render
 from core.types import (
     TERMINAL_DELIVERY_STATUSES,
@@ -280,6 +280,7 @@ def _fan_out(
             "default_locale": flow.default_locale,
         }
         throttle_key = _throttle_key(flow, context)
+        watches = watches_engagement(flow.steps)
         for subscriber_id in subscriber_ids:
             workflow_id = notification_workflow_id(
                 event.tenant_id, event.id, flow.key, subscriber_id, replay_id
@@ -305,6 +306,8 @@ def _fan_out(
                 throttle_key=throttle_key,
                 stopped_at=utcnow() if throttled else None,
                 stop_reason=THROTTLED if throttled else None,
+                category=flow.category,
+                watches_engagement=watches,
             )
             notifications.append(notification)
             status = DeliveryStatus.SKIPPED if throttled else DeliveryStatus.PENDING

@@ -311,6 +311,10 @@ class Notification(SQLModel, table=True):
     stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     stop_reason: str | None = Field(default=None, max_length=255)
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The flow's category, for analytics rollups and one-click unsubscribe.
+    category: str = Field(default="transactional", max_length=64)
+    # A step waits for or is skipped by engagement: status changes are signalled to it.
+    watches_engagement: bool = False
     created_at: datetime = _ts()
 
 
@@ -323,6 +327,15 @@ class DeliveryBase(SQLModel):
     attempts: int = 0
     # When a `scheduled` delivery will run (quiet hours, a send window).
     scheduled_for: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The lifecycle after the send, each stage's first time (see core.lifecycle).
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    opened_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    clicked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    bounced_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    unsubscribed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    complained_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Delivery(DeliveryBase, table=True):
@@ -330,31 +343,90 @@ class Delivery(DeliveryBase, table=True):
     __table_args__ = (
         UniqueConstraint("notification_id", "step_index", name="uq_deliveries_step"),
         Index("ix_deliveries_tenant_status", "tenant_id", "status"),
+        # Callbacks that carry only the provider's id (SendGrid's sg_message_id).
+        Index(
+            "ix_deliveries_provider_message",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+            sqlite_where=text("provider_message_id IS NOT NULL"),
+        ),
     )
     id: str = Field(primary_key=True, max_length=64)
     tenant_id: str = Field(max_length=64)
     notification_id: str = Field(foreign_key="notifications.id", index=True, max_length=64)
     step_index: int
+    # Observations arrived before the send was recorded; applied when it is.
+    early_events: bool = False
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class Click(SQLModel):
+    url: str | None
+    at: datetime
+    source: str
 
 
 class DeliveryPublic(DeliveryBase):
     id: str
     step_index: int
     updated_at: datetime
+    # Every click with its URL, oldest first (clicked_at is the first one's time).
+    clicks: list[Click] = PydanticField(default_factory=list)
 
 
-class DeliveryEvent(SQLModel, table=True):
+class DeliveryEventBase(SQLModel):
+    status: str = Field(max_length=16)
+    detail: str | None = Field(default=None, max_length=2000)
+    # herald (the send path), sendgrid, twilio, pixel, link, app, webhook, unsubscribe
+    source: str = Field(default="herald", max_length=16)
+    url: str | None = Field(default=None, max_length=2048)
+    # When it happened, by the reporter's clock; created_at is when Herald heard of it.
+    occurred_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = _ts()
+
+
+class DeliveryEvent(DeliveryEventBase, table=True):
     """Append-only status history of a delivery."""
 
     __tablename__ = "delivery_events"
+    __table_args__ = (
+        # The same provider event twice (a redelivered callback) is stored once.
+        Index(
+            "uq_delivery_events_external",
+            "source",
+            "external_id",
+            unique=True,
+            postgresql_where=text("external_id IS NOT NULL"),
+            sqlite_where=text("external_id IS NOT NULL"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: str = Field(max_length=64)
     delivery_id: str = Field(foreign_key="deliveries.id", index=True, max_length=64)
-    status: str = Field(max_length=16)
-    detail: str | None = Field(default=None, max_length=2000)
-    created_at: datetime = _ts()
+    external_id: str | None = Field(default=None, max_length=255)
+
+
+class DeliveryEventPublic(DeliveryEventBase):
+    pass
+
+
+class DeliveryDetail(DeliveryPublic):
+    """One delivery with its notification and its whole timeline."""
+
+    created_at: datetime
+    notification_id: str
+    event_id: str
+    flow: str
+    subscriber_id: str
+    workflow_id: str
+    timeline: list[DeliveryEventPublic]
+
+
+class Opened(SQLModel):
+    """An app reports that a push (or any message) was opened."""
+
+    occurred_at: datetime | None = None
 
 
 class SandboxMessage(SQLModel, table=True):

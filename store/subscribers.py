@@ -112,3 +112,19 @@ def disable_webhook_url(session: Session, tenant_id: str, subscriber_id: str, ur
     row.updated_at = utcnow()
     session.add(row)
     return True
+
+
+def opt_out_category(session: Session, tenant_id: str, subscriber_id: str, category: str) -> None:
+    """An unsubscribe: the category is off on every channel (flow-level choices still win)."""
+    row = get_preferences(session, tenant_id, subscriber_id)
+    if row is None:
+        session.add(
+            Preference(
+                tenant_id=tenant_id, subscriber_id=subscriber_id, categories={category: False}
+            )
+        )
+        session.flush()
+        return
+    row.categories = {**row.categories, category: False}
+    row.updated_at = utcnow()
+    session.add(row)

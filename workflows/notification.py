@@ -26,8 +26,10 @@ with workflow.unsafe.imports_passed_through():
         delivery_retry,
     )
     from core.flows import ACKNOWLEDGED, DelayStep, DigestStep, SendStep, Step, WaitStep, is_send
+    from core.lifecycle import ENGAGEMENT, implied
     from core.types import Channel, DeliveryStatus, NotificationStatus, outcome
     from workflows.types import (
+        EngagementSignal,
         NotificationInput,
         NotificationResult,
         NotificationView,
@@ -71,6 +73,7 @@ class NotificationWorkflow:
         self._status = NotificationStatus.RUNNING
         self._retries: list[RetryRequest] = []
         self._acknowledged = False
+        self._engaged: set[str] = set()
         self._stop: str | None = None
         self._view = NotificationView(status=self._status)
 
@@ -126,6 +129,12 @@ class NotificationWorkflow:
         self._acknowledged = True
         self._view.acknowledged = True
 
+    @workflow.signal(name="engagement")
+    def engagement(self, signal: EngagementSignal) -> None:
+        """A send of this notification was delivered, opened or clicked (ends `wait until`)."""
+        self._engaged.update(implied(signal.stage))
+        self._view.engaged = [s for s in ENGAGEMENT if s in self._engaged]
+
     @workflow.signal(name="stop")
     def stop(self, request: StopRequest | None = None) -> None:
         """A cancellation or an exit_on event: skip every step that has not run."""
@@ -167,6 +176,9 @@ class NotificationWorkflow:
         self._mark(index, "done")
 
     async def _wait(self, index: int, step: WaitStep) -> None:
+        if step.until != ACKNOWLEDGED:
+            await self._wait_engaged(index, step)
+            return
         until = workflow.now() + step.duration
         self._mark(index, "waiting", until=until, detail="until acknowledged")
         self._enter(index, f"waiting up to {_human(step.duration)} for an acknowledgement")
@@ -178,6 +190,21 @@ class NotificationWorkflow:
                     timeout_summary=f"wait {_human(step.duration)} unless acknowledged",
                 )
         self._mark(index, "done", detail="acknowledged" if self._acknowledged else "timed out")
+
+    async def _wait_engaged(self, index: int, step: WaitStep) -> None:
+        """Wait for an earlier send to be delivered, opened or clicked, told by a signal."""
+        until = workflow.now() + step.duration
+        self._mark(index, "waiting", until=until, detail=f"until {step.until}")
+        self._enter(index, f"waiting up to {_human(step.duration)} until {step.until}")
+        if step.until not in self._engaged:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: step.until in self._engaged or self._stop is not None,
+                    timeout=step.duration,
+                    timeout_summary=f"wait {_human(step.duration)} until {step.until}",
+                )
+        met = step.until in self._engaged
+        self._mark(index, "done", detail=step.until if met else "timed out")
 
     async def _sleep_until(
         self, index: int, until: datetime, summary: str, state: str = "waiting"
@@ -322,8 +349,10 @@ class NotificationWorkflow:
                         prior_attempts=attempts,
                         default_locale=inp.flow.default_locale,
                         digest_event_ids=inp.digest_event_ids,
-                        unless_acknowledged=getattr(step, "unless", None) == ACKNOWLEDGED,
+                        unless_acknowledged=step.unless == ACKNOWLEDGED,
                         acknowledged=self._acknowledged,
+                        unless=step.unless if step.unless in ENGAGEMENT else None,
+                        engaged=sorted(self._engaged),
                         now=workflow.now(),
                     ),
                     task_queue=inp.channel_queues[channel],

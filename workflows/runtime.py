@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from activities.delivery import DeliveryActivities
 from activities.orchestration import FlowActivities
 from activities.pacing import Pacer
+from activities.tracking import Tracker
 from channels.registry import build_adapters
 from core.settings import Settings
 from core.types import Channel
@@ -46,7 +47,7 @@ def build_workers(
         max_workers=per_queue * len(queues) + 8, thread_name_prefix="herald-activity"
     )
     pacers = {c: Pacer(rate) for c in Channel if (rate := settings.rate_limit_for(c)) is not None}
-    acts = DeliveryActivities(engine, {}, pacers)
+    acts = DeliveryActivities(engine, {}, pacers, Tracker(settings))
     acts.adapters = build_adapters(settings, acts.sandbox_sink)
     flow_acts = FlowActivities(engine)
     workers: list[Worker] = []

@@ -59,6 +59,13 @@ class StopRequest(BaseModel):
     reason: str = "stopped"
 
 
+class EngagementSignal(BaseModel):
+    """The `engagement` signal: a delivery of this notification reached a stage."""
+
+    delivery_id: str
+    stage: str  # delivered, opened or clicked
+
+
 class StepView(BaseModel):
     index: int
     kind: str  # email, sms, push, webhook, delay, wait, digest
@@ -73,6 +80,8 @@ class NotificationView(BaseModel):
     status: NotificationStatus
     current_step: int | None = None
     acknowledged: bool = False
+    # Engagement signalled so far (delivered, opened, clicked), for `wait until` and `unless`.
+    engaged: list[str] = Field(default_factory=list)
     stopped: str | None = None
     steps: list[StepView] = Field(default_factory=list)
 

@@ -6,13 +6,27 @@ import asyncio
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.engine import Engine
 
-from api.deps import GatewayDep, ReadSessionDep, TenantDep
+from api.deps import EngineDep, GatewayDep, ReadSessionDep, TenantDep
+from api.engagement import signal_reached
 from api.temporal import TemporalGateway, signal_open
+from core.lifecycle import Kind, Observation, Source
 from core.types import Channel, DeliveryStatus
-from store.deliveries import failed_deliveries, notification_for
-from store.models import DeadLetterPublic, Delivery, Notification, RetryAccepted, RetryFilter
+from store.db import read_scope
+from store.deliveries import delivery_detail, failed_deliveries, notification_for
+from store.lifecycle import record_batch
+from store.models import (
+    DeadLetterPublic,
+    Delivery,
+    DeliveryDetail,
+    Notification,
+    Opened,
+    RetryAccepted,
+    RetryFilter,
+)
 from workflows.types import RetryRequest
 
 router = APIRouter(tags=["deliveries"])
@@ -87,6 +101,50 @@ async def retry_deliveries(
     request = RetryRequest(channel=body.channel)
     sent = await asyncio.gather(*(_signal(gateway, wf, request) for wf in targets.values()))
     return RetryAccepted(notifications=[n for n, ok in zip(targets, sent, strict=True) if ok])
+
+
+@router.get("/v1/deliveries/{delivery_id}", response_model=DeliveryDetail)
+def get_delivery(delivery_id: str, session: ReadSessionDep, tenant: TenantDep) -> DeliveryDetail:
+    """The delivery's timeline: sent, delivered, opened, every click, bounce reason."""
+    detail = delivery_detail(session, tenant, delivery_id)
+    if detail is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"delivery {delivery_id!r} not found")
+    return detail
+
+
+@router.post(
+    "/v1/deliveries/{delivery_id}/opened",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeliveryDetail,
+)
+async def report_opened(
+    delivery_id: str,
+    tenant: TenantDep,
+    engine: EngineDep,
+    gateway: GatewayDep,
+    tasks: BackgroundTasks,
+    body: Opened | None = None,
+) -> DeliveryDetail:
+    """An app saw its push (or any message) opened; FCM itself reports no receipts."""
+    obs = Observation(
+        Kind.OPENED,
+        Source.APP,
+        delivery_id,
+        tenant_id=tenant,
+        occurred_at=None if body is None else body.occurred_at,
+    )
+    recorded = await run_in_threadpool(record_batch, engine, [obs])
+    if recorded.unknown:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"delivery {delivery_id!r} not found")
+    tasks.add_task(signal_reached, gateway, recorded.reached)
+    detail = await run_in_threadpool(_detail, engine, tenant, delivery_id)
+    assert detail is not None
+    return detail
+
+
+def _detail(engine: Engine, tenant: str, delivery_id: str) -> DeliveryDetail | None:
+    with read_scope(engine) as session:
+        return delivery_detail(session, tenant, delivery_id)
 
 
 async def _signal(gateway: TemporalGateway, workflow_id: str, request: RetryRequest) -> bool:

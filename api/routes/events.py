@@ -23,6 +23,7 @@ from core.settings import Settings
 from core.types import new_id
 from store import events as q
 from store.db import read_scope
+from store.deliveries import clicks_for
 from store.flows import get_flow
 from store.models import (
     DeliveryPublic,
@@ -140,6 +141,7 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")
     e = detail.event
+    clicks = clicks_for(session, [d.id for _, _, ds in detail.notifications for d in ds])
     return EventPublic(
         id=e.id,
         type=e.type,
@@ -157,7 +159,9 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
                 status=st.value,
                 stop_reason=n.stop_reason,
                 acknowledged_at=n.acknowledged_at,
-                deliveries=[DeliveryPublic.model_validate(d, from_attributes=True) for d in ds],
+                deliveries=[
+                    DeliveryPublic(**d.model_dump(), clicks=clicks.get(d.id, [])) for d in ds
+                ],
             )
             for n, st, ds in detail.notifications
         ],

@@ -7,21 +7,18 @@ cannot reach Temporal delays the effect to the next step instead of losing it.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
-from temporalio.service import RPCError
 
 from api.deps import EngineDep, GatewayDep, TenantDep
-from api.temporal import TemporalGateway, TemporalUnavailableError, signal_open
+from api.temporal import signal_quietly
 from store.db import session_scope
 from store.models import Acknowledged, CancelRequest, CancelResult, Notification
 from store.notifications import acknowledge, cancel_by_key
 from workflows.types import StopRequest
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["notifications"])
 
 
@@ -39,7 +36,7 @@ async def ack_notification(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"notification {notification_id!r} not found"
         )
-    await _signal_quietly(gateway, row.workflow_id, "acknowledge")
+    await signal_quietly(gateway, row.workflow_id, "acknowledge")
     assert row.acknowledged_at is not None
     return Acknowledged(id=row.id, acknowledged_at=row.acknowledged_at)
 
@@ -52,7 +49,7 @@ async def cancel_events(
     stopped = await run_in_threadpool(_cancel, engine, tenant, body.cancellation_key)
     reason = f"cancelled by cancellation_key {body.cancellation_key!r}"
     await asyncio.gather(
-        *(_signal_quietly(gateway, wf, "stop", StopRequest(reason=reason)) for _, wf in stopped)
+        *(signal_quietly(gateway, wf, "stop", StopRequest(reason=reason)) for _, wf in stopped)
     )
     return CancelResult(cancelled=[n for n, _ in stopped])
 
@@ -68,16 +65,3 @@ def _ack(engine: Engine, tenant: str, notification_id: str) -> Notification | No
 def _cancel(engine: Engine, tenant: str, key: str) -> list[tuple[str, str]]:
     with session_scope(engine) as session:
         return cancel_by_key(session, tenant, key)
-
-
-async def _signal_quietly(
-    gateway: TemporalGateway, workflow_id: str, name: str, *args: object
-) -> None:
-    """The stored state already decides; the signal only wakes a sleeping workflow."""
-    try:
-        await signal_open(await gateway.client(), workflow_id, name, *args)
-    except RPCError as exc:
-        gateway.mark_unreachable(exc)
-        log.warning("could not signal %s to %s: %s", name, workflow_id, exc)
-    except TemporalUnavailableError as exc:
-        log.warning("could not signal %s to %s: %s", name, workflow_id, exc)

@@ -26,14 +26,32 @@ def test_malformed_key_pairs_are_refused() -> None:
 
 
 def test_production_refuses_dev_defaults() -> None:
-    with pytest.raises(ValidationError, match="HERALD_WEBHOOK_SECRET"):
-        Settings.model_validate(dict(env="production", api_keys="k:t"))
-    with pytest.raises(ValidationError, match="HERALD_API_KEYS"):
-        Settings.model_validate(dict(env="production", webhook_secret="whsec_c2VjcmV0LXNlY3JldA=="))
-    ok = Settings.model_validate(
-        dict(env="production", api_keys="k:t", webhook_secret="whsec_c2VjcmV0LXNlY3JldA==")
+    good = dict(
+        env="production",
+        api_keys="k:t",
+        webhook_secret="whsec_c2VjcmV0LXNlY3JldA==",
+        tracking_secret="a-real-tracking-secret",
+        public_url="https://herald.example.com",
     )
+    for missing, setting in (
+        ("webhook_secret", "HERALD_WEBHOOK_SECRET"),
+        ("api_keys", "HERALD_API_KEYS"),
+        ("tracking_secret", "HERALD_TRACKING_SECRET"),
+        ("public_url", "HERALD_PUBLIC_URL"),
+    ):
+        with pytest.raises(ValidationError, match=setting):
+            Settings.model_validate({k: v for k, v in good.items() if k != missing})
+    ok = Settings.model_validate(good)
     assert ok.api_key_map() == {"k": "t"}
+    assert ok.base_url == "https://herald.example.com"
+
+
+def test_public_url_defaults_to_the_api_address() -> None:
+    s = Settings.model_validate(dict(api_host="127.0.0.5", api_port=8123))
+    assert s.base_url == "http://127.0.0.5:8123"
+    assert Settings.model_validate(dict(public_url="https://h.example/")).base_url == (
+        "https://h.example"
+    )
 
 
 def test_webhook_secret_must_be_whsec_base64() -> None:

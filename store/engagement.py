@@ -1,0 +1,79 @@
+"""Suppressed addresses and tracked links."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Field, Session, SQLModel
+
+from store.models import UTCDateTime, utcnow
+
+
+class Suppression(SQLModel, table=True):
+    """An address later messages skip: a hard bounce or a spam report.
+
+    Keyed by the address, not the subscriber, so a changed address is sent to again.
+    """
+
+    __tablename__ = "suppressions"
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=16)
+    address: str = Field(primary_key=True, max_length=320)
+    reason: str = Field(max_length=500)
+    delivery_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class TrackedLink(SQLModel, table=True):
+    """A link rewritten for click tracking; its id is derived, so a retried render reuses it."""
+
+    __tablename__ = "tracked_links"
+    id: str = Field(primary_key=True, max_length=32)
+    tenant_id: str = Field(max_length=64)
+    delivery_id: str = Field(index=True, max_length=64)
+    url: str = Field(max_length=4096)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def suppress(
+    session: Session, tenant_id: str, channel: str, address: str, reason: str, delivery_id: str
+) -> None:
+    """Remember the address; the first reason stays."""
+    stmt = _insert(session)(Suppression).values(
+        tenant_id=tenant_id,
+        channel=channel,
+        address=address.lower(),
+        reason=reason[:500],
+        delivery_id=delivery_id,
+        created_at=utcnow(),
+    )
+    session.execute(stmt.on_conflict_do_nothing())
+
+
+def save_links(session: Session, links: list[TrackedLink]) -> None:
+    if not links:
+        return
+    stmt = _insert(session)(TrackedLink).values(
+        [
+            {
+                "id": link.id,
+                "tenant_id": link.tenant_id,
+                "delivery_id": link.delivery_id,
+                "url": link.url,
+                "created_at": link.created_at,
+            }
+            for link in links
+        ]
+    )
+    session.execute(stmt.on_conflict_do_nothing())
+
+
+def get_link(session: Session, link_id: str) -> TrackedLink | None:
+    return session.get(TrackedLink, link_id)
