@@ -297,7 +297,7 @@ def delivery_detail(session: Session, tenant_id: str, delivery_id: str) -> Deliv
     assert n is not None
     events = history(session, delivery_id)
     return DeliveryDetail(
-        **delivery.model_dump(),
+        **delivery.model_dump(exclude={"notification_id", "tenant_id", "early_events"}),
         clicks=clicks_for(session, [delivery_id]).get(delivery_id, []),
         notification_id=n.id,
         event_id=n.event_id,

@@ -101,7 +101,7 @@ class NotificationWorkflow:
             else:
                 # Sends with no control step between them are independent: run them together.
                 group = [i]
-                while group[-1] + 1 < len(steps) and is_send(steps[group[-1] + 1]):
+                while group[-1] + 1 < len(steps) and _joins(steps[group[-1] + 1]):
                     group.append(group[-1] + 1)
                 sent = await asyncio.gather(*(self._step(inp, j) for j in group))
                 results.update({j: r for j, r in zip(group, sent, strict=True) if r is not None})
@@ -396,6 +396,11 @@ def _attempts(err: ActivityError) -> int:
         if isinstance(last, int):
             return last
     return 0
+
+
+def _joins(step: Step) -> bool:
+    """A send runs with the one before it, unless it depends on that one's engagement."""
+    return is_send(step) and getattr(step, "unless", None) not in ENGAGEMENT
 
 
 def _kind(step: Step) -> str:

@@ -120,3 +120,14 @@ async def test_broken_template_in_a_locale_variant_names_the_locale(herald: Hera
     (err,) = await _refused(herald, [broken])
     assert err["loc"] == ["body", "steps", 0, "sms", "locales"]
     assert "locale 'de', text: template error" in err["msg"], err
+
+
+async def test_engagement_conditions_need_an_earlier_send(herald: Herald) -> None:
+    (err,) = await _refused(herald, [{**SMS, "unless": "opened"}])
+    assert err["loc"] == ["body", "steps", 0, "unless"]
+    assert err["type"] == "engagement_without_send"
+    (err,) = await _refused(herald, [{"type": "wait", "duration": "PT1H", "until": "clicked"}, SMS])
+    assert err["loc"] == ["body", "steps", 0, "until"]
+    (err,) = await _refused(herald, [EMAIL, {**SMS, "unless": "read"}])
+    assert err["loc"][:4] == ["body", "steps", 1, "sms"]
+    assert err["loc"][-1] == "unless"
