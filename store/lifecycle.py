@@ -85,10 +85,7 @@ def record(session: Session, observations: list[Observation]) -> Recorded:
                 ),
             )
             r.stages += stages
-    for delivery, _ in {d.id: (d, n) for d, n in rows.values()}.values():
-        if session.is_modified(delivery):
-            session.add(delivery)
-    incs.flush(session)
+    incs.flush(session)  # the loaded rows are in the session: their changes flush too
     session.flush()
     result.reached = list(reached.values())
     return result

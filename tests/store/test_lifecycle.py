@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from core.lifecycle import Kind, Observation, Source
-from core.types import DeliveryStatus, new_id
+from core.types import DeliveryStatus, NotificationStatus, new_id, outcome
 from store.db import read_scope, session_scope
 from store.deliveries import history, load_context, reopen, transition
 from store.lifecycle import mark_sent, record_batch
@@ -216,3 +216,9 @@ def test_percentiles_interpolate_within_buckets() -> None:
     assert p50 is not None and p95 is not None
     assert BOUNDS_MS[latency_bucket(100) - 1] < p50 <= BOUNDS_MS[latency_bucket(100)]
     assert BOUNDS_MS[latency_bucket(5000) - 1] < p95 <= BOUNDS_MS[latency_bucket(5000)]
+
+
+def test_a_refusal_after_the_send_makes_the_notification_failed() -> None:
+    assert outcome([DeliveryStatus.CLICKED, DeliveryStatus.SKIPPED]) == NotificationStatus.SENT
+    assert outcome([DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED]) == NotificationStatus.FAILED
+    assert outcome([DeliveryStatus.UNDELIVERED]) == NotificationStatus.FAILED
