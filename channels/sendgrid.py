@@ -11,7 +11,7 @@ from urllib.error import URLError
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Content, CustomArg, From, Mail, MimeType, Subject, To
+from sendgrid.helpers.mail import Content, CustomArg, From, Header, Mail, MimeType, Subject, To
 
 from channels.base import (
     EmailContent,
@@ -58,6 +58,9 @@ class SendGridAdapter:
         mail.add_content(Content(MimeType.text, content.text))
         if content.html:
             mail.add_content(Content(MimeType.html, content.html))
+        if content.headers:
+            # List-Unsubscribe and List-Unsubscribe-Post (RFC 8058), among others.
+            mail.header = [Header(k, v) for k, v in content.headers.items()]
         # Echoed back on SendGrid event webhooks, so events can be tied to the delivery.
         mail.custom_arg = [
             CustomArg("herald_delivery_id", message.delivery_id),

@@ -126,6 +126,9 @@ class SmtpAdapter:
         email["Message-ID"] = self.message_id(message)
         email["X-Herald-Delivery-Id"] = message.delivery_id
         email["X-Herald-Tenant-Id"] = message.tenant_id
+        for name, value in content.headers.items():
+            # List-Unsubscribe and List-Unsubscribe-Post (RFC 8058), among others.
+            email[name] = " ".join(value.splitlines())
         email.set_content(content.text)
         if content.html:
             email.add_alternative(content.html, subtype="html")

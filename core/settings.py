@@ -148,8 +148,9 @@ class Settings(BaseSettings):
             raise ValueError("HERALD_WEBHOOK_SECRET must be set in production")
         if self.tracking_secret.get_secret_value() == DEV_TRACKING_SECRET:
             raise ValueError("HERALD_TRACKING_SECRET must be set in production")
-        if not self.public_url:
-            raise ValueError("HERALD_PUBLIC_URL must be set in production")
+        if not (self.public_url or "").startswith("https://"):
+            # Mailbox providers require an https one-click unsubscribe link (RFC 8058).
+            raise ValueError("HERALD_PUBLIC_URL must be set to an https:// URL in production")
         if not self.api_key_map():
             raise ValueError("HERALD_API_KEYS must be set in production")
         return self

@@ -41,6 +41,8 @@ def test_production_refuses_dev_defaults() -> None:
     ):
         with pytest.raises(ValidationError, match=setting):
             Settings.model_validate({k: v for k, v in good.items() if k != missing})
+    with pytest.raises(ValidationError, match="https://"):
+        Settings.model_validate({**good, "public_url": "http://herald.example.com"})
     ok = Settings.model_validate(good)
     assert ok.api_key_map() == {"k": "t"}
     assert ok.base_url == "https://herald.example.com"
