@@ -29,7 +29,14 @@ def test_send_posts_twilio_form(provider, settings, sms):
     [req] = provider.requests("twilio")
     assert req.status == 201
     assert req.path == f"/2010-04-01/Accounts/{settings.twilio_account_sid}/Messages.json"
-    assert req.form == {"To": "+15551234567", "From": "+15550000000", "Body": "Your code is 123456"}
+    assert req.form == {
+        "To": "+15551234567",
+        "From": "+15550000000",
+        "Body": "Your code is 123456",
+        # Delivery receipts come back here, naming the delivery even before the send is recorded.
+        "StatusCallback": f"{settings.base_url}/v1/providers/twilio/status"
+        f"?delivery={message.delivery_id}",
+    }
     user, _, password = (
         base64.b64decode(req.headers["authorization"].split()[1]).decode().partition(":")
     )

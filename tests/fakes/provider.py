@@ -11,6 +11,9 @@ Typical use::
         provider.fail("twilio", 400, body=twilio_error_body(21211, "Invalid 'To'"))
         ...
         [req] = provider.requests("twilio")
+
+Provider callbacks (signed SendGrid events, Twilio status callbacks that echo what Herald
+sent) are built by ``tests.fakes.callbacks``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.callbacks import TWILIO_AUTH_TOKEN, sendgrid_public_key_b64
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,8 @@ class Recorded:
     form: dict[str, str]  # parsed form body, or {}
     status: int  # the status the fake answered with
     received_at: float
+    # The id the fake answered with: SendGrid's X-Message-Id, Twilio's MessageSid.
+    message_id: str | None = None
 
 
 @dataclass
@@ -293,11 +300,13 @@ class FakeProvider:
             "sendgrid_api_key": "SG.test",
             "sendgrid_base_url": self.url,
             "twilio_account_sid": "AC" + "0123456789abcdef" * 2,
-            "twilio_auth_token": "twilio-test-token",
+            "twilio_auth_token": TWILIO_AUTH_TOKEN,
             "twilio_from_number": "+15550000000",
             "twilio_base_url": self.url,
             "fcm_credentials_file": self.service_account_file(tmp_path),
             "fcm_base_url": self.url,
+            # The fake signs its SendGrid events with this key's private half.
+            "sendgrid_webhook_public_key": sendgrid_public_key_b64(),
         }
 
     @staticmethod
@@ -429,7 +438,8 @@ class FakeProvider:
             )
         else:
             response = ok(rec, request)
-        self._record(dataclasses.replace(rec, status=response.status_code))
+        message_id = _message_id(kind, response)
+        self._record(dataclasses.replace(rec, status=response.status_code, message_id=message_id))
         return response
 
     async def _sendgrid(self, request: Request) -> Response:
@@ -535,6 +545,16 @@ class FakeProvider:
             return Response("ok", status_code=200, media_type="text/plain")
 
         return await self._handle("webhook", request, ok)
+
+
+def _message_id(kind: str, response: Response) -> str | None:
+    """What a provider callback about this message would name it by."""
+    if kind == "sendgrid":
+        return response.headers.get("x-message-id")
+    if kind == "twilio" and response.status_code == 201:
+        sid: str = json.loads(bytes(response.body))["sid"]
+        return sid
+    return None
 
 
 def _basic_user(header: str) -> str | None:
