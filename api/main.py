@@ -15,7 +15,18 @@ from temporalio.client import Client
 
 from api.deps import EngineDep, GatewayDep
 from api.dispatch import Dispatcher
-from api.routes import deliveries, events, flows, notifications, sandbox, subscribers
+from api.routes import (
+    analytics,
+    dashboard,
+    deliveries,
+    events,
+    flows,
+    notifications,
+    providers,
+    sandbox,
+    subscribers,
+    tracking,
+)
 from api.temporal import TemporalGateway, TemporalUnavailableError
 from core.settings import Settings, get_settings
 from store.db import init_db, make_engine, session_scope
@@ -55,7 +66,18 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         description="Publish business events; Herald delivers notifications durably on Temporal.",
         lifespan=lifespan,
     )
-    for module in (subscribers, flows, notifications, events, deliveries, sandbox):
+    for module in (
+        subscribers,
+        flows,
+        notifications,
+        events,
+        deliveries,
+        sandbox,
+        providers,
+        tracking,
+        analytics,
+        dashboard,
+    ):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

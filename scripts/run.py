@@ -330,6 +330,7 @@ def _banner(api_base: str, ui_url: str, key: str, tenant: str, key_source: str) 
   {READY_MARKER}
 
   API docs     {api_base}/docs
+  Dashboard    {api_base}/dashboard   (sign in with the API key below)
   Temporal UI  {ui_url}
   API key      {key}   (tenant "{tenant}"; from {key_source})
 

@@ -342,7 +342,8 @@ class Delivery(DeliveryBase, table=True):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("notification_id", "step_index", name="uq_deliveries_step"),
-        Index("ix_deliveries_tenant_status", "tenant_id", "status"),
+        # Dead letters and the dashboard's top reasons: newest first within a status.
+        Index("ix_deliveries_tenant_status_updated", "tenant_id", "status", "updated_at"),
         # Callbacks that carry only the provider's id (SendGrid's sg_message_id).
         Index(
             "ix_deliveries_provider_message",

@@ -180,10 +180,12 @@ def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
         assert key in out.text
         api_base = f"http://127.0.0.1:{api_port}"
         assert f"{api_base}/docs" in out.text
+        assert f"{api_base}/dashboard" in out.text
         assert f"http://127.0.0.1:{ui_port}" in out.text
 
         # 2. The URLs it advertises answer.
         assert httpx.get(f"{api_base}/docs", timeout=10).status_code == 200
+        assert httpx.get(f"{api_base}/dashboard", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ui_port}/", timeout=10).status_code == 200
 
         # 3. A notification goes all the way through Temporal to the sandbox.
