@@ -155,6 +155,13 @@ class Herald:
         assert r.status_code == 202, r.text
         return r.json()
 
+    async def delivery(self, delivery_id: str) -> dict[str, Any]:
+        """GET /v1/deliveries/{id}: the delivery with its timeline and clicks."""
+        r = await self.http.get(f"/v1/deliveries/{delivery_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
     async def wait_dispatched(self, event_id: str, within: float = 20.0) -> dict[str, Any]:
         """Dispatch happens off the request path: wait until the event is marked handed over."""
         deadline = asyncio.get_running_loop().time() + within
@@ -227,9 +234,14 @@ async def start_herald(
 
 def store_undispatched(herald: Herald, event_type: str, subscriber_id: str) -> AcceptedEvent:
     """Store an event exactly as the API does, as if the process died before dispatching."""
+    return accept_one(herald.engine, herald.tenant, event_type, subscriber_id)
+
+
+def accept_one(engine: Engine, tenant: str, event_type: str, subscriber_id: str) -> AcceptedEvent:
+    """Accept an event with no data for one subscriber, as the API's accept path does."""
     return accept_event(
-        herald.engine,
-        herald.tenant,
+        engine,
+        tenant,
         type=event_type,
         data={},
         actor=None,

@@ -16,10 +16,9 @@ from core.settings import Settings
 from core.types import DeliveryStatus
 from store.db import session_scope
 from store.deliveries import history
-from store.events import RecipientSpec, accept_event
 from store.flows import put_flow
 from store.subscribers import upsert_subscriber
-from tests.conftest import unique
+from tests.conftest import accept_one, unique
 from tests.fakes.provider import FakeProvider, sendgrid_error_body
 
 
@@ -33,16 +32,7 @@ def _setup(engine: Engine, email: str | None) -> tuple[str, DeliverInput]:
             "f",
             {"event_type": "e.t", "steps": [{"channel": "email", "subject": "S", "text": "T"}]},
         )
-    accepted = accept_event(
-        engine,
-        tenant,
-        type="e.t",
-        data={},
-        actor=None,
-        recipients=[RecipientSpec(sub)],
-        idempotency_key=None,
-        request_fingerprint="x",
-    )
+    accepted = accept_one(engine, tenant, "e.t", sub)
     (planned,) = accepted.notifications
     inp = DeliverInput(
         delivery_id=str(planned.delivery_ids[0]),

@@ -26,11 +26,10 @@ from core.tracking import Signer, TokenKind
 from core.types import Channel
 from store.db import read_scope, session_scope
 from store.engagement import TrackedLink
-from store.events import RecipientSpec, accept_event
 from store.flows import put_flow
 from store.models import Notification
 from store.subscribers import upsert_subscriber
-from tests.conftest import unique
+from tests.conftest import accept_one, unique
 from tests.fakes.provider import FakeProvider
 
 BASE = "https://herald.example"
@@ -176,16 +175,7 @@ def test_links_are_stored_before_the_send_and_sent_rewritten(
     with session_scope(engine) as s:
         upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
         put_flow(s, tenant, "f", {"event_type": "e.t", "category": "news", "steps": [step]})
-    accepted = accept_event(
-        engine,
-        tenant,
-        type="e.t",
-        data={},
-        actor=None,
-        recipients=[RecipientSpec(sub)],
-        idempotency_key=None,
-        request_fingerprint="x",
-    )
+    accepted = accept_one(engine, tenant, "e.t", sub)
     (planned,) = accepted.notifications
     delivery_id = str(planned.delivery_ids[0])
     conf = settings(**fresh_provider.settings_overrides(tmp_path))

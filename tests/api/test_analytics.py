@@ -143,9 +143,7 @@ async def seed(herald: Herald, provider: FakeProvider) -> Seeded:
     assert r.status_code == 202, r.text
     details = {}
     for n, did in ids.items():
-        r = await herald.http.get(f"/v1/deliveries/{did}")
-        assert r.status_code == 200, r.text
-        details[n] = r.json()
+        details[n] = await herald.delivery(did)
     assert details["fail"]["status"] == "failed"
     assert details["click"]["status"] == "clicked"
     return Seeded(details)

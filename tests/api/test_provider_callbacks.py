@@ -76,13 +76,6 @@ async def posted(herald: Herald, events: list[dict[str, Any]]) -> dict[str, Any]
     return result
 
 
-async def detail(herald: Herald, delivery_id: str) -> dict[str, Any]:
-    r = await herald.http.get(f"/v1/deliveries/{delivery_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 def sendgrid_entries(d: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(e["status"], e["detail"]) for e in d["timeline"] if e["source"] == "sendgrid"]
 
@@ -127,7 +120,7 @@ async def test_processed_delivered_open_click_move_forward_with_stage_times(
         "ignored": 0,
     }
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "clicked"
     assert at(d["delivered_at"]) == datetime.fromtimestamp(t + 2, UTC)
     assert at(d["opened_at"]) == datetime.fromtimestamp(t + 5, UTC)
@@ -150,7 +143,7 @@ async def test_deferred_is_history_then_delivered(
     delivery_id, mail, _, _ = await sent_email(herald, fresh_provider)
 
     await posted(herald, sendgrid_events_for(mail, "deferred"))
-    assert (await detail(herald, delivery_id))["status"] == "sent"
+    assert (await herald.delivery(delivery_id))["status"] == "sent"
     # The signature is the authentication: no API key is needed (a wrong one is ignored).
     body, headers = sign_sendgrid_events(sendgrid_events_for(mail, "delivered"))
     r = await herald.http.post(
@@ -158,7 +151,7 @@ async def test_deferred_is_history_then_delivered(
     )
     assert r.status_code == 200, r.text
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "delivered"
     assert sendgrid_entries(d) == [("deferred", "451 4.7.1 Try again later"), ("delivered", None)]
 
@@ -170,7 +163,7 @@ async def test_dropped_fails_with_sendgrids_reason(
 
     await posted(herald, sendgrid_events_for(mail, {"event": "dropped", "reason": "Invalid"}))
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert (d["status"], d["reason"]) == ("failed", "Invalid")
     assert d["failed_at"] is not None
     assert rollup(herald, "failed") == (1,)
@@ -183,7 +176,7 @@ async def test_hard_bounce_suppresses_the_address_until_it_changes(
 
     await posted(herald, sendgrid_events_for(mail, "bounce"))
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "bounced" and d["bounced_at"] is not None
     assert "550 5.1.1" in d["reason"]
     assert sendgrid_entries(d)[-1][0] == "bounced"
@@ -204,7 +197,7 @@ async def test_soft_bounce_does_not_suppress(herald: Herald, fresh_provider: Fak
 
     await posted(herald, sendgrid_events_for(mail, blocked))
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert (d["status"], d["reason"]) == ("bounced", "blocked: 4.0.0 421 later")
     later, _ = await send(herald, fresh_provider, event_type, sub)
     assert later["status"] == "sent"
@@ -217,7 +210,7 @@ async def test_spam_report_counts_delivery_and_suppresses(
 
     await posted(herald, sendgrid_events_for(mail, "spamreport"))
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "delivered"
     assert d["complained_at"] is not None and d["delivered_at"] is not None
     assert sendgrid_entries(d) == [("complained", None)]
@@ -234,7 +227,7 @@ async def test_unsubscribe_turns_the_category_off(
 
     await posted(herald, sendgrid_events_for(mail, name))
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["unsubscribed_at"] is not None
     assert sendgrid_entries(d) == [("unsubscribed", None)]
     prefs = (await herald.http.get(f"/v1/subscribers/{sub}/preferences")).json()
@@ -255,7 +248,7 @@ async def test_the_same_event_twice_counts_once(
 
     assert (first["stored"], first["duplicates"]) == (1, 1)
     assert (second["stored"], second["duplicates"]) == (0, 1)
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert sendgrid_entries(d) == [("delivered", None)]
     assert rollup(herald, "delivered") == (1,)
 
@@ -269,7 +262,7 @@ async def test_delivered_after_open_keeps_opened_and_adds_history(
     await posted(herald, sendgrid_events_for(mail, {"event": "open", "timestamp": t + 5}))
     await posted(herald, sendgrid_events_for(mail, {"event": "delivered", "timestamp": t + 1}))
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "opened"
     assert [s for s, _ in sendgrid_entries(d)] == ["opened", "delivered"]
     assert rollup(herald, "delivered") == (1,)
@@ -301,7 +294,7 @@ async def test_unknown_messages_are_acknowledged_and_nothing_is_stored(
             dict(zip("abc", ids, strict=True)),
         ).scalar_one()
     assert stored == 0
-    assert (await detail(herald, delivery_id))["status"] == "sent"
+    assert (await herald.delivery(delivery_id))["status"] == "sent"
 
 
 async def test_a_callback_before_the_send_is_recorded_is_applied_later(
@@ -327,11 +320,11 @@ async def test_a_callback_before_the_send_is_recorded_is_applied_later(
     }
 
     assert (await posted(herald, [delivered]))["stored"] == 1
-    assert (await detail(herald, delivery["id"]))["status"] == "pending"
+    assert (await herald.delivery(delivery["id"]))["status"] == "pending"
     await herald.serve(["email"])
     await herald.wait_event(accepted["id"])
 
-    d = await detail(herald, delivery["id"])
+    d = await herald.delivery(delivery["id"])
     assert d["status"] == "delivered"
     assert at(d["delivered_at"]) == datetime.fromtimestamp(early, UTC)
     assert sendgrid_entries(d) == [("delivered", None)]
@@ -360,7 +353,7 @@ async def test_a_batch_of_1000_events_is_one_request(
     result = await posted(herald, events)
 
     assert result == {"received": 1000, "stored": 990, "duplicates": 0, "unknown": 10, "ignored": 0}
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "clicked"
     assert len(sendgrid_entries(d)) == 990
     assert rollup(herald, "opened", "clicked") == (1, 1)
@@ -389,7 +382,7 @@ async def test_forged_unsigned_and_tampered_batches_change_nothing(
         r = await herald.http.post(EVENTS, content=content, headers=hdrs)
         assert r.status_code == 403, r.text
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "sent" and sendgrid_entries(d) == []
     assert rollup(herald, "bounced") == (0,)
 

@@ -70,13 +70,6 @@ def is_unsubscribe_header(herald: Herald, value: str) -> bool:
     return re.fullmatch(rf"<{re.escape(herald.settings.base_url)}/u/[^>]+>", value) is not None
 
 
-async def delivery(herald: Herald, delivery_id: str) -> dict[str, Any]:
-    r = await herald.http.get(f"/v1/deliveries/{delivery_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 def assert_pixel(r: Response) -> None:
     assert r.status_code == 200
     assert r.content == GIF and r.content.startswith(b"GIF89a")
@@ -104,7 +97,7 @@ async def test_email_links_pixel_and_headers_round_trip(
     )
 
     assert_pixel(await herald.http.get(path(herald, pixel), headers={"Authorization": ""}))
-    opened = await delivery(herald, d["id"])
+    opened = await herald.delivery(d["id"])
     assert opened["status"] == "opened"
     assert opened["opened_at"] is not None
     assert ("opened", "pixel") in [(e["status"], e["source"]) for e in opened["timeline"]]
@@ -112,7 +105,7 @@ async def test_email_links_pixel_and_headers_round_trip(
     r = await herald.http.get(path(herald, click), headers={"Authorization": ""})
     assert r.status_code == 302
     assert r.headers["location"] == ORDER_URL
-    clicked = await delivery(herald, d["id"])
+    clicked = await herald.delivery(d["id"])
     assert clicked["status"] == "clicked"
     assert [c["url"] for c in clicked["clicks"]] == [ORDER_URL]
     assert clicked["clicks"][0]["source"] == "link"
@@ -139,7 +132,7 @@ async def test_tampered_and_unknown_links_get_404_and_no_redirect(
         r = await herald.http.get(url)
         assert r.status_code == 404, url
         assert "location" not in r.headers
-    after = await delivery(herald, d["id"])
+    after = await herald.delivery(d["id"])
     assert after["status"] == "sent"
     assert after["clicks"] == []
 
@@ -215,7 +208,7 @@ async def test_one_click_unsubscribe_turns_the_category_off(
     assert r.status_code == 200, r.text
     assert "unsubscribed" in r.text
     assert await categories() == {"news": False}
-    after = await delivery(herald, d["id"])
+    after = await herald.delivery(d["id"])
     assert ("unsubscribed", "unsubscribe") in [
         (e["status"], e["source"]) for e in after["timeline"]
     ]
@@ -292,8 +285,8 @@ async def test_sms_links_are_tracked_when_the_step_asks(
     assert body == text.replace("https://shop.test/o/7", short)
     r = await herald.http.get(path(herald, short))
     assert (r.status_code, r.headers["location"]) == (302, "https://shop.test/o/7")
-    assert (await delivery(herald, tracked["id"]))["status"] == "clicked"
-    assert (await delivery(herald, plain["id"]))["status"] == "sent"
+    assert (await herald.delivery(tracked["id"]))["status"] == "clicked"
+    assert (await herald.delivery(plain["id"]))["status"] == "sent"
 
 
 async def test_push_data_carries_a_signed_open_link(
@@ -305,6 +298,6 @@ async def test_push_data_carries_a_signed_open_link(
     assert data["herald_delivery_id"] == d["id"]
     open_url = data["herald_open_url"]
     assert_pixel(await herald.http.get(path(herald, open_url), headers={"Authorization": ""}))
-    opened = await delivery(herald, d["id"])
+    opened = await herald.delivery(d["id"])
     assert opened["status"] == "opened"
     assert ("opened", "app") in [(e["status"], e["source"]) for e in opened["timeline"]]

@@ -45,13 +45,6 @@ async def call_back(
     return await herald.http.post(f"{STATUS}?{urlsplit(url).query}", data=params, headers=headers)
 
 
-async def detail(herald: Herald, delivery_id: str) -> dict[str, Any]:
-    r = await herald.http.get(f"/v1/deliveries/{delivery_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 def twilio_entries(d: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(e["status"], e["detail"]) for e in d["timeline"] if e["source"] == "twilio"]
 
@@ -74,11 +67,11 @@ async def test_status_callback_under_public_url_then_sent_and_delivered(
 
     r = await call_back(herald, *twilio_callback(sms, "sent"))
     assert r.status_code == 204, r.text
-    assert (await detail(herald, delivery_id))["status"] == "sent"
+    assert (await herald.delivery(delivery_id))["status"] == "sent"
     r = await call_back(herald, *twilio_callback(sms, "delivered"))
     assert r.status_code == 204, r.text
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "delivered" and d["delivered_at"] is not None
     assert twilio_entries(d) == [("sent", None), ("delivered", None)]
     assert rollup(herald, "delivered") == 1
@@ -96,7 +89,7 @@ async def test_undelivered_and_failed_carry_the_error_code(
     r = await call_back(herald, *twilio_callback(sms, status, error_code=code))
 
     assert r.status_code == 204, r.text
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert (d["status"], d["reason"]) == (status, f"ErrorCode {code}")
     assert twilio_entries(d) == [(status, f"ErrorCode {code}")]
     assert rollup(herald, counter) == 1
@@ -111,7 +104,7 @@ async def test_the_same_sid_and_status_twice_counts_once(
     for _ in range(2):
         assert (await call_back(herald, *callback)).status_code == 204
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert twilio_entries(d) == [("delivered", None)]
     assert rollup(herald, "delivered") == 1
 
@@ -135,7 +128,7 @@ async def test_forged_callbacks_change_nothing(
     r = await herald.http.post(f"{STATUS}?delivery=dlv_other", data=params, headers=headers)
     assert r.status_code == 403, r.text
 
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "sent" and twilio_entries(d) == []
     assert rollup(herald, "failed") == 0
 
@@ -158,5 +151,5 @@ async def test_unknown_messages_and_early_steps_are_acknowledged_without_storing
             text("SELECT COUNT(*) FROM delivery_events WHERE external_id LIKE 'SMnobody%'")
         ).scalar_one()
     assert stored == 0
-    d = await detail(herald, delivery_id)
+    d = await herald.delivery(delivery_id)
     assert d["status"] == "sent" and twilio_entries(d) == []
