@@ -30,6 +30,8 @@ class PreferenceSet(BaseModel):
     categories: dict[str, ChannelSwitch] = Field(default_factory=dict)
     flows: dict[str, ChannelSwitch] = Field(default_factory=dict)
     quiet_hours: QuietHours | None = None
+    # Topic key -> False opts out of the topic's broadcasts.
+    topics: dict[str, bool] = Field(default_factory=dict)
 
 
 def _at(day: datetime, hhmm: str) -> datetime:

@@ -162,6 +162,8 @@ class PreferenceBase(SQLModel):
     categories: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     flows: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     quiet_hours: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    # Topic key -> False: never sent that topic's broadcasts.
+    topics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
 
 
 class PreferenceUpdate(PreferenceSet):

@@ -78,12 +78,13 @@ def put_preferences(
         categories=values.get("categories", {}),
         flows=values.get("flows", {}),
         quiet_hours=values.get("quiet_hours"),
+        topics=values.get("topics", {}),
     )
     _upsert(
         session,
         fresh,
         ["tenant_id", "subscriber_id"],
-        ["channels", "categories", "flows", "quiet_hours", "updated_at"],
+        ["channels", "categories", "flows", "quiet_hours", "topics", "updated_at"],
     )
     row = session.get(Preference, (tenant_id, subscriber_id), populate_existing=True)
     assert row is not None
