@@ -108,7 +108,7 @@ class SchemaOutdatedError(RuntimeError):
 
 
 def init_db(engine: Engine) -> None:
-    from store import engagement, models, rollups  # noqa: F401  (registers the tables)
+    from store import engagement, models, rollups, topics  # noqa: F401  (registers the tables)
 
     SQLModel.metadata.create_all(engine)
     check_schema(engine)

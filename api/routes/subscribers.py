@@ -7,6 +7,7 @@ from sqlmodel import Session
 
 from api.deps import ReadSessionDep, SessionDep, TenantDep
 from store import subscribers as q
+from store import topics
 from store.models import (
     SUBSCRIBER_ID_PATTERN,
     PreferencePublic,
@@ -14,9 +15,21 @@ from store.models import (
     SubscriberCreate,
     SubscriberPublic,
 )
+from store.topics import BulkImportResult, SubscriberBulkIn
 
 router = APIRouter(prefix="/v1/subscribers", tags=["subscribers"])
 SubscriberId = Annotated[str, Path(pattern=SUBSCRIBER_ID_PATTERN, description="Your user id")]
+
+
+@router.post("/bulk", response_model=BulkImportResult)
+def bulk_import(body: SubscriberBulkIn, session: SessionDep, tenant: TenantDep) -> BulkImportResult:
+    """Upsert up to 10,000 subscribers in one transaction, each row as PUT would.
+
+    Each row is validated alone: invalid ones are listed by index and field, the rest saved.
+    """
+    valid, invalid = topics.parse_bulk(body.subscribers)
+    created, updated = topics.bulk_upsert_subscribers(session, tenant, valid)
+    return BulkImportResult(created=created, updated=updated, invalid=invalid)
 
 
 @router.put("/{subscriber_id}", response_model=SubscriberPublic)
