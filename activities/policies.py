@@ -54,3 +54,8 @@ RECORD_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=0,
 )
+
+# Enrolling a broadcast batch: database work only, repeatable (a repeated batch skips
+# whom it already enrolled), so it retries until the database is back.
+ENROLL_TIMEOUT = timedelta(seconds=30)
+ENROLL_RETRY = RECORD_RETRY

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable
 from datetime import timedelta
+from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
@@ -54,12 +55,19 @@ def workflow_input(
         subscriber_id=n.subscriber_id,
         flow=FlowDefinition.model_validate(n.flow),
         delivery_ids=planned.delivery_ids,
-        channel_queues={c: settings.channel_task_queue(c) for c in Channel},
-        retry={c: settings.retry_for(c) for c in Channel},
-        providers={c: settings.providers_for(c) for c in Channel},
-        dead_letter_retention=settings.dead_letter_retention,
         replay_id=n.replay_id,
+        **configured(settings),
     )
+
+
+def configured(settings: Settings) -> dict[str, Any]:
+    """What a notification takes from the settings when it starts: queues, policies."""
+    return {
+        "channel_queues": {c: settings.channel_task_queue(c) for c in Channel},
+        "retry": {c: settings.retry_for(c) for c in Channel},
+        "providers": {c: settings.providers_for(c) for c in Channel},
+        "dead_letter_retention": settings.dead_letter_retention,
+    }
 
 
 async def _start(client: Client, settings: Settings, inp: NotificationInput, wf_id: str) -> None:

@@ -17,6 +17,7 @@ from api.deps import EngineDep, GatewayDep
 from api.dispatch import Dispatcher
 from api.routes import (
     analytics,
+    broadcasts,
     dashboard,
     deliveries,
     events,
@@ -25,6 +26,7 @@ from api.routes import (
     providers,
     sandbox,
     subscribers,
+    topics,
     tracking,
 )
 from api.temporal import TemporalGateway, TemporalUnavailableError
@@ -77,6 +79,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         tracking,
         analytics,
         dashboard,
+        broadcasts,
+        topics,
     ):
         app.include_router(module.router)
 

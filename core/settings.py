@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     rate_limit_webhook: float | None = Field(default=None, gt=0)
 
     worker_max_concurrent_activities: int = Field(default=64, ge=1)
+    # Audience members a broadcast enrolls per batch (one transaction, one cursor commit).
+    broadcast_batch_size: int = Field(default=200, ge=1, le=1000)
     # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.
     dispatch_sweep_seconds: float = Field(default=5.0, ge=0)
 

@@ -73,6 +73,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "HeraldSubscriber": "Keyword",
     "HeraldStatus": "Keyword",
     "HeraldReplay": "Keyword",
+    "HeraldBroadcast": "Keyword",
 }
 
 
@@ -99,3 +100,7 @@ def digest_workflow_id(
     part = "-" if not key else hashlib.sha256(key.encode()).hexdigest()[:24]
     base = f"digest/{tenant_id}/{flow_key}/{subscriber_id}/{part}"
     return base if replay_id is None else f"{base}/replay/{replay_id}"
+
+
+def broadcast_workflow_id(tenant_id: str, broadcast_id: str) -> str:
+    return f"broadcast/{tenant_id}/{broadcast_id}"

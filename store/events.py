@@ -169,7 +169,7 @@ def _insert(
         ).all()
     )
     accepted.exited = _exit_running(session, event, ids)
-    accepted.notifications = _fan_out(session, event, flows, ids)
+    accepted.notifications = fan_out(session, event, flows, ids)
     return accepted
 
 
@@ -250,17 +250,19 @@ def _throttled(session: Session, flow: Flow, subscriber_id: str, key: str | None
     return int(count) >= throttle.limit
 
 
-def _fan_out(
+def fan_out(
     session: Session,
     event: Event,
     flows: list[Flow],
     subscriber_ids: list[str],
     replay_id: str | None = None,
     skip: set[str] | None = None,
+    broadcast_id: str | None = None,
 ) -> list[PlannedNotification]:
     """One notification per flow × recipient, each with a pending delivery per step.
 
-    ``skip`` holds workflow ids that already exist (a repeated replay) and are left out.
+    ``skip`` holds workflow ids that already exist (a repeated replay or broadcast batch)
+    and are left out.
     """
     notifications: list[Notification] = []
     deliveries: list[Delivery] = []
@@ -308,6 +310,7 @@ def _fan_out(
                 stop_reason=THROTTLED if throttled else None,
                 category=flow.category,
                 watches_engagement=watches,
+                broadcast_id=broadcast_id,
             )
             notifications.append(notification)
             status = DeliveryStatus.SKIPPED if throttled else DeliveryStatus.PENDING
@@ -429,7 +432,7 @@ def replay_events(
             )
             if dry_run or len(done) == len(wanted):
                 continue
-            planned = _fan_out(session, event, flows, event.recipients, replay_id, done)
+            planned = fan_out(session, event, flows, event.recipients, replay_id, done)
             plan.accepted.append(AcceptedEvent(event=event, notifications=planned, created=True))
     return plan
 

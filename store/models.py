@@ -297,6 +297,13 @@ class Notification(SQLModel, table=True):
         ),
         # Throttle counts and exit_on lookups; its tenant_id prefix serves tenant scans too.
         Index("ix_notifications_subscriber_flow", "tenant_id", "subscriber_id", "flow_key"),
+        # A broadcast's counts and its cancellation.
+        Index(
+            "ix_notifications_broadcast",
+            "broadcast_id",
+            postgresql_where=text("broadcast_id IS NOT NULL"),
+            sqlite_where=text("broadcast_id IS NOT NULL"),
+        ),
     )
     id: str = Field(primary_key=True, max_length=64)
     tenant_id: str = Field(max_length=64)
@@ -317,6 +324,8 @@ class Notification(SQLModel, table=True):
     category: str = Field(default="transactional", max_length=64)
     # A step waits for or is skipped by engagement: status changes are signalled to it.
     watches_engagement: bool = False
+    # Set when a broadcast enrolled this recipient.
+    broadcast_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts()
 
 

@@ -90,6 +90,8 @@ async def cluster(
             retry_email={"start_to_close": 3, "initial_interval": 0.2},
             # Starts cut off by the restart are re-dispatched by the sweep.
             dispatch_sweep_seconds=1,
+            # Many batches, so a kill lands in the middle of a broadcast.
+            broadcast_batch_size=20,
         )
         async with AsyncExitStack() as stack:
             _, http = await open_api(stack, settings, key, client)
@@ -168,5 +170,40 @@ async def test_temporal_restart_mid_run_loses_nothing(
     await wait_port(c.port)
     await until_delivered(fresh_provider, EVENTS, within=180)
     lost, duplicates = report(fresh_provider, "Temporal restart", restarted_at)
+    assert lost == []
+    assert duplicates <= IN_FLIGHT
+
+
+async def test_worker_sigkill_mid_broadcast_skips_nobody(
+    cluster: tuple[Cluster, httpx.AsyncClient], fresh_provider: FakeProvider
+) -> None:
+    c, http = cluster
+    worker = c.start_worker()
+    prefix = unique("m")
+    members = [{"id": f"{prefix}-{n}", "email": f"m{n}@example.com"} for n in range(EVENTS)]
+    assert (await http.post("/v1/subscribers/bulk", json={"subscribers": members})).is_success
+    assert (await http.put("/v1/topics/all", json={"name": "everyone"})).is_success
+    ids = [m["id"] for m in members]
+    r = await http.post("/v1/topics/all/subscribers", json={"subscribers": ids})
+    assert r.is_success, r.text
+    step = {"channel": "email", "subject": "{{ subscriber.id }}", "text": "x"}
+    flow = {"event_type": "crash.broadcast", "steps": [step]}
+    assert (await http.put("/v1/flows/crash-broadcast", json=flow)).is_success
+    body = {"flow": "crash-broadcast", "audience": {"topic": "all"}}
+    r = await http.post("/v1/broadcasts", json=body)
+    assert r.status_code == 202, r.text
+
+    await until_delivered(fresh_provider, EVENTS // 3, within=60)
+    os.killpg(worker.pid, signal.SIGKILL)  # mid-broadcast: a batch or its sends in flight
+    worker.wait(10)
+    killed_at = len(delivered(fresh_provider))
+    assert killed_at < EVENTS, "the broadcast finished before the kill; nothing was proven"
+    c.start_worker()
+    await until_delivered(fresh_provider, EVENTS, within=180)
+
+    counts = delivered(fresh_provider)
+    lost = sorted(set(ids) - set(counts))
+    duplicates = sum(v - 1 for v in counts.values())
+    sys.stderr.write(f"broadcast SIGKILL after {killed_at}: lost {len(lost)}, dup {duplicates}\n")
     assert lost == []
     assert duplicates <= IN_FLIGHT

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.broadcast import BroadcastActivities
 from activities.delivery import DeliveryActivities
 from activities.orchestration import FlowActivities
 from activities.pacing import Pacer
@@ -16,6 +17,7 @@ from activities.tracking import Tracker
 from channels.registry import build_adapters
 from core.settings import Settings
 from core.types import Channel
+from workflows.broadcast import BroadcastWorkflow
 from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow
 
@@ -50,6 +52,7 @@ def build_workers(
     acts = DeliveryActivities(engine, {}, pacers, Tracker(settings))
     acts.adapters = build_adapters(settings, acts.sandbox_sink)
     flow_acts = FlowActivities(engine)
+    broadcast_acts = BroadcastActivities(engine)
     workers: list[Worker] = []
     for queue in queues:
         if queue == WORKFLOWS_QUEUE:
@@ -57,14 +60,18 @@ def build_workers(
                 Worker(
                     client,
                     task_queue=settings.workflow_task_queue,
-                    workflows=[NotificationWorkflow, DigestWorkflow],
-                    # All local: short database work next to the workflow.
+                    workflows=[NotificationWorkflow, DigestWorkflow, BroadcastWorkflow],
+                    # Short database work next to the workflow, local but for a broadcast's
+                    # batches, which may take longer than a workflow task.
                     activities=[
                         acts.record_failure,
                         acts.reopen_delivery,
                         flow_acts.resolve_delay,
                         flow_acts.stop_notification,
                         flow_acts.claim_digest,
+                        broadcast_acts.enroll_batch,
+                        broadcast_acts.set_broadcast_status,
+                        broadcast_acts.finish_broadcast,
                     ],
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,

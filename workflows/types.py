@@ -107,3 +107,30 @@ class DigestInput(BaseModel):
 class DigestResult(BaseModel):
     sent: int
     carrier: str | None = None
+
+
+class BroadcastInput(BaseModel):
+    """A broadcast's run; continue-as-new carries the cursor and what signals said."""
+
+    tenant_id: str
+    broadcast_id: str
+    total: int
+    send_at: datetime | None = None
+    # Channel queues, retry policies, providers and retention for the notifications it
+    # starts; each child gets its notification's ids and flow snapshot laid over it.
+    template: NotificationInput
+    batch_size: int = 200
+    # How many notification starts are in flight at once.
+    starts_in_flight: int = 100
+    after: str | None = None
+    enrolled: int = 0
+    scanned: int = 0
+    started: bool = False
+    paused: bool = False
+    cancelled: bool = False
+
+
+class BroadcastResult(BaseModel):
+    status: str
+    enrolled: int
+    scanned: int

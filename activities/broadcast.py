@@ -1,0 +1,109 @@
+"""Broadcast bookkeeping: enroll the audience batch by batch, and close the broadcast."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core.audience import Audience
+from core.flows import FlowDefinition
+from store.broadcasts import Broadcast, cancel_pending, enroll, set_status
+from store.db import session_scope
+from store.topics import audience_page
+
+
+class EnrollInput(BaseModel):
+    broadcast_id: str
+    after: str | None = None
+    limit: int = 200
+
+
+class EnrolledItem(BaseModel):
+    notification_id: str
+    workflow_id: str
+    flow_key: str
+    subscriber_id: str
+    delivery_ids: list[str | None]
+
+
+class EnrollResult(BaseModel):
+    items: list[EnrolledItem]
+    # The flows as the batch's notifications froze them, by key.
+    flows: dict[str, FlowDefinition]
+    next_after: str | None
+    scanned: int
+    opted_out: int
+
+
+class FinishInput(BaseModel):
+    broadcast_id: str
+    status: str
+
+
+class StatusInput(BaseModel):
+    broadcast_id: str
+    status: str
+
+
+class BroadcastActivities:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @activity.defn(name="enroll_batch")
+    def enroll_batch(self, inp: EnrollInput) -> EnrollResult:
+        """One page of the audience: filtered, opt-outs dropped, notifications stored."""
+        with session_scope(self.engine) as session:
+            row = session.get(Broadcast, inp.broadcast_id)
+            if row is None:
+                raise ApplicationError(
+                    f"broadcast {inp.broadcast_id} does not exist", non_retryable=True
+                )
+            audience = Audience.model_validate(row.audience)
+            page = audience_page(session, row.tenant_id, audience, inp.after, inp.limit)
+            enrolled = enroll(
+                session,
+                row,
+                page.subscriber_ids,
+                next_after=page.next_after,
+                scanned=page.scanned,
+                opted_out=len(page.opted_out),
+            )
+            items: list[EnrolledItem] = []
+            flows: dict[str, FlowDefinition] = {}
+            for p in enrolled.planned + enrolled.again:
+                n = p.notification
+                if not p.runs:
+                    continue  # throttled at the door: stored as skipped, nothing to start
+                items.append(
+                    EnrolledItem(
+                        notification_id=n.id,
+                        workflow_id=n.workflow_id,
+                        flow_key=n.flow_key,
+                        subscriber_id=n.subscriber_id,
+                        delivery_ids=p.delivery_ids,
+                    )
+                )
+                flows.setdefault(n.flow_key, FlowDefinition.model_validate(n.flow))
+        return EnrollResult(
+            items=items,
+            flows=flows,
+            next_after=page.next_after,
+            scanned=page.scanned,
+            opted_out=len(page.opted_out),
+        )
+
+    @activity.defn(name="set_broadcast_status")
+    def set_broadcast_status(self, inp: StatusInput) -> None:
+        with session_scope(self.engine) as session:
+            set_status(session, inp.broadcast_id, inp.status)
+
+    @activity.defn(name="finish_broadcast")
+    def finish_broadcast(self, inp: FinishInput) -> int:
+        """Completed or cancelled; a cancellation stops what has not been sent yet."""
+        with session_scope(self.engine) as session:
+            set_status(session, inp.broadcast_id, inp.status)
+            if inp.status != "cancelled":
+                return 0
+            return len(cancel_pending(session, inp.broadcast_id))

@@ -1,0 +1,158 @@
+"""One workflow per broadcast: page through the audience, start a notification per recipient.
+
+Each batch is enrolled by an activity that commits the notifications and the cursor in
+one transaction, then the workflow starts them as abandoned children (their ids are
+derived, so a batch repeated after a crash starts nobody twice). Memory stays flat
+whatever the audience size, and continue-as-new keeps the history bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from temporalio import workflow
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.broadcast import (
+        BroadcastActivities,
+        EnrolledItem,
+        EnrollInput,
+        EnrollResult,
+        FinishInput,
+        StatusInput,
+    )
+    from activities.policies import ENROLL_RETRY, ENROLL_TIMEOUT, RECORD_RETRY, RECORD_TIMEOUT
+    from workflows.notification import NotificationWorkflow, identifying_attributes, summary
+    from workflows.types import BroadcastInput, BroadcastResult, NotificationInput
+
+SA_BROADCAST = SearchAttributeKey.for_keyword("HeraldBroadcast")
+# Batches per run before continue-as-new: each batch adds ~2 history events per recipient.
+BATCHES_PER_RUN = 10
+
+
+@workflow.defn(name="BroadcastWorkflow")
+class BroadcastWorkflow:
+    def __init__(self) -> None:
+        self._paused = False
+        self._cancelled = False
+
+    @workflow.run
+    async def run(self, inp: BroadcastInput) -> BroadcastResult:
+        self._paused = self._paused or inp.paused
+        self._cancelled = self._cancelled or inp.cancelled
+        if not inp.started and inp.send_at is not None:
+            wait = inp.send_at - workflow.now()
+            if wait.total_seconds() > 0:
+                workflow.set_current_details(f"scheduled for {inp.send_at:%Y-%m-%d %H:%M} UTC")
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: self._cancelled,
+                        timeout=wait,
+                        timeout_summary=f"send at {inp.send_at:%Y-%m-%d %H:%M} UTC",
+                    )
+            if not self._cancelled:
+                await self._status(inp, "running")
+        inp.started = True
+        batches = 0
+        while not self._cancelled:
+            self._progress(inp)
+            await workflow.wait_condition(lambda: not self._paused or self._cancelled)
+            if self._cancelled:
+                break
+            result: EnrollResult = await workflow.execute_activity_method(
+                BroadcastActivities.enroll_batch,
+                EnrollInput(broadcast_id=inp.broadcast_id, after=inp.after, limit=inp.batch_size),
+                start_to_close_timeout=ENROLL_TIMEOUT,
+                retry_policy=ENROLL_RETRY,
+                summary=f"enroll after {inp.after or 'the start'}",
+            )
+            await self._start(inp, result)
+            inp.after = result.next_after
+            inp.enrolled += len(result.items)
+            inp.scanned += result.scanned
+            if result.next_after is None:
+                break
+            batches += 1
+            if batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    inp.model_copy(update={"paused": self._paused, "cancelled": self._cancelled})
+                )
+        status = "cancelled" if self._cancelled else "completed"
+        await workflow.execute_activity_method(
+            BroadcastActivities.finish_broadcast,
+            FinishInput(broadcast_id=inp.broadcast_id, status=status),
+            start_to_close_timeout=ENROLL_TIMEOUT,
+            retry_policy=ENROLL_RETRY,
+            summary=status,
+        )
+        workflow.set_current_details(f"{status}: {inp.enrolled:,} enrolled of {inp.total:,}")
+        return BroadcastResult(status=status, enrolled=inp.enrolled, scanned=inp.scanned)
+
+    @workflow.signal(name="pause")
+    def pause(self) -> None:
+        self._paused = True
+
+    @workflow.signal(name="resume")
+    def resume(self) -> None:
+        self._paused = False
+
+    @workflow.signal(name="cancel")
+    def cancel(self) -> None:
+        """Enroll nobody else; notifications not sent yet are stopped."""
+        self._cancelled = True
+
+    def _progress(self, inp: BroadcastInput) -> None:
+        state = "paused: " if self._paused else ""
+        workflow.set_current_details(
+            f"{state}{inp.enrolled:,} / {inp.total:,} enrolled ({inp.scanned:,} scanned)"
+        )
+
+    async def _status(self, inp: BroadcastInput, status: str) -> None:
+        await workflow.execute_local_activity_method(
+            BroadcastActivities.set_broadcast_status,
+            StatusInput(broadcast_id=inp.broadcast_id, status=status),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )
+
+    async def _start(self, inp: BroadcastInput, result: EnrollResult) -> None:
+        """Start the batch's notifications, a bounded number at a time."""
+        step = max(1, inp.starts_in_flight)
+        for i in range(0, len(result.items), step):
+            chunk = result.items[i : i + step]
+            await asyncio.gather(*(self._child(inp, result, item) for item in chunk))
+
+    async def _child(self, inp: BroadcastInput, result: EnrollResult, item: EnrolledItem) -> None:
+        child: NotificationInput = inp.template.model_copy(
+            update={
+                "notification_id": item.notification_id,
+                "subscriber_id": item.subscriber_id,
+                "flow": result.flows[item.flow_key],
+                "delivery_ids": item.delivery_ids,
+            }
+        )
+        attributes = [
+            *identifying_attributes(child),
+            SearchAttributePair(SA_BROADCAST, inp.broadcast_id),
+        ]
+        # Started again after a crash mid-batch: the child exists, and that is fine.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                NotificationWorkflow.run,
+                child,
+                id=item.workflow_id,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(attributes),
+                static_summary=f"{summary(child)} [broadcast {inp.broadcast_id}]",
+            )
