@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.audience import Audience
 from core.flows import FlowDefinition
-from store.broadcasts import Broadcast, cancel_pending, enroll, set_status
+from store.broadcasts import (
+    Broadcast,
+    BroadcastCreate,
+    BroadcastError,
+    cancel_pending,
+    enroll,
+    open_broadcast,
+    set_status,
+)
 from store.db import session_scope
 from store.topics import audience_page
 
@@ -35,6 +46,21 @@ class EnrollResult(BaseModel):
     next_after: str | None
     scanned: int
     opted_out: int
+
+
+class OpenInput(BaseModel):
+    """A broadcast a schedule starts: the request, stored once per scheduled run."""
+
+    tenant_id: str
+    spec: dict[str, Any]
+
+
+class OpenResult(BaseModel):
+    broadcast_id: str
+    event_id: str
+    event_type: str
+    total: int
+    send_at: datetime | None
 
 
 class FinishInput(BaseModel):
@@ -93,6 +119,33 @@ class BroadcastActivities:
             scanned=page.scanned,
             opted_out=len(page.opted_out),
         )
+
+    @activity.defn(name="open_broadcast")
+    def open_broadcast(self, inp: OpenInput) -> OpenResult:
+        """Store the run's broadcast, keyed by its workflow id (a retry finds the same one)."""
+        workflow_id = activity.info().workflow_id
+        try:
+            body = BroadcastCreate.model_validate(inp.spec)
+            audience = Audience.model_validate(body.audience)
+            with session_scope(self.engine) as session:
+                row, _ = open_broadcast(
+                    session,
+                    inp.tenant_id,
+                    body,
+                    audience,
+                    idempotency_key=workflow_id,
+                    workflow_id_for=lambda _: workflow_id,
+                )
+                return OpenResult(
+                    broadcast_id=row.id,
+                    event_id=row.event_id,
+                    event_type=row.event_type,
+                    total=row.total,
+                    send_at=row.send_at,
+                )
+        except (BroadcastError, ValidationError) as exc:
+            # The flow or topic was deleted since the schedule was made: say so, once.
+            raise ApplicationError(f"cannot open the broadcast: {exc}", non_retryable=True) from exc
 
     @activity.defn(name="set_broadcast_status")
     def set_broadcast_status(self, inp: StatusInput) -> None:

@@ -9,7 +9,7 @@ flight, and a repeated batch skips the recipients it already enrolled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, UniqueConstraint, func, update
@@ -17,10 +17,12 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from core.audience import Audience
 from core.types import DeliveryStatus, new_id, notification_workflow_id
 from store.events import PlannedNotification, fan_out, stop_notifications
 from store.flows import flows_for_event, get_flow
 from store.models import Delivery, Event, Flow, Notification, UTCDateTime, utcnow
+from store.topics import audience_count, topic_exists
 
 
 class BroadcastStatus:
@@ -124,6 +126,44 @@ def create_broadcast(
             raise
         return prior, False
     return row, True
+
+
+class BroadcastError(ValueError):
+    """A broadcast request names something that does not exist; ``field`` says which."""
+
+    def __init__(self, field: list[str], message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def open_broadcast(
+    session: Session,
+    tenant_id: str,
+    body: BroadcastCreate,
+    audience: Audience,
+    *,
+    idempotency_key: str | None,
+    workflow_id_for: Any,
+) -> tuple[Broadcast, bool]:
+    """Check the flows and the topic, count the audience, store the broadcast."""
+    flows = resolve_flows(session, tenant_id, body.flow, body.event_type)
+    if not flows:
+        field = "flow" if body.flow is not None else "event_type"
+        raise BroadcastError([field], f"no flow for {body.flow or body.event_type!r}")
+    if not topic_exists(session, tenant_id, audience.topic):
+        raise BroadcastError(["audience", "topic"], f"topic {audience.topic!r} does not exist")
+    return create_broadcast(
+        session,
+        tenant_id,
+        event_type=flows[0].event_type,
+        flows=flows,
+        audience=audience.model_dump(mode="json"),
+        data=body.data,
+        total=audience_count(session, tenant_id, audience),
+        send_at=None if body.send_at is None else body.send_at.astimezone(UTC),
+        idempotency_key=idempotency_key,
+        workflow_id_for=workflow_id_for,
+    )
 
 
 def by_key(session: Session, tenant_id: str, key: str) -> Broadcast | None:

@@ -28,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         EnrollInput,
         EnrollResult,
         FinishInput,
+        OpenInput,
+        OpenResult,
         StatusInput,
     )
     from activities.policies import ENROLL_RETRY, ENROLL_TIMEOUT, RECORD_RETRY, RECORD_TIMEOUT
@@ -49,6 +51,8 @@ class BroadcastWorkflow:
     async def run(self, inp: BroadcastInput) -> BroadcastResult:
         self._paused = self._paused or inp.paused
         self._cancelled = self._cancelled or inp.cancelled
+        if not inp.broadcast_id:
+            inp = await self._open(inp)
         if not inp.started and inp.send_at is not None:
             wait = inp.send_at - workflow.now()
             if wait.total_seconds() > 0:
@@ -110,6 +114,29 @@ class BroadcastWorkflow:
     def cancel(self) -> None:
         """Enroll nobody else; notifications not sent yet are stopped."""
         self._cancelled = True
+
+    async def _open(self, inp: BroadcastInput) -> BroadcastInput:
+        """A scheduled run: store its broadcast (and event) before anything else."""
+        assert inp.spec is not None
+        opened: OpenResult = await workflow.execute_activity_method(
+            BroadcastActivities.open_broadcast,
+            OpenInput(tenant_id=inp.tenant_id, spec=inp.spec),
+            start_to_close_timeout=ENROLL_TIMEOUT,
+            retry_policy=ENROLL_RETRY,
+            summary="open the broadcast",
+        )
+        template = inp.template.model_copy(
+            update={"event_id": opened.event_id, "event_type": opened.event_type}
+        )
+        workflow.upsert_search_attributes([SA_BROADCAST.value_set(opened.broadcast_id)])
+        return inp.model_copy(
+            update={
+                "broadcast_id": opened.broadcast_id,
+                "total": opened.total,
+                "send_at": opened.send_at,
+                "template": template,
+            }
+        )
 
     def _progress(self, inp: BroadcastInput) -> None:
         state = "paused: " if self._paused else ""

@@ -69,6 +69,7 @@ def build_workers(
                         flow_acts.resolve_delay,
                         flow_acts.stop_notification,
                         flow_acts.claim_digest,
+                        broadcast_acts.open_broadcast,
                         broadcast_acts.enroll_batch,
                         broadcast_acts.set_broadcast_status,
                         broadcast_acts.finish_broadcast,

@@ -8,6 +8,7 @@ module is imported passed-through, once per process.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -113,9 +114,11 @@ class BroadcastInput(BaseModel):
     """A broadcast's run; continue-as-new carries the cursor and what signals said."""
 
     tenant_id: str
+    # Empty for a run a schedule starts: `spec` (a POST /v1/broadcasts body) opens it.
     broadcast_id: str
-    total: int
+    total: int = 0
     send_at: datetime | None = None
+    spec: dict[str, Any] | None = None
     # Channel queues, retry policies, providers and retention for the notifications it
     # starts; each child gets its notification's ids and flow snapshot laid over it.
     template: NotificationInput

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
@@ -30,7 +29,6 @@ from core.types import broadcast_workflow_id
 from store import broadcasts as q
 from store.db import read_scope, session_scope
 from store.models import utcnow
-from store.topics import audience_count, topic_exists
 from workflows.broadcast import SA_BROADCAST, BroadcastWorkflow
 from workflows.notification import SA_TENANT
 from workflows.types import BroadcastInput, NotificationInput
@@ -118,41 +116,36 @@ def _create(
     engine: Engine, settings: Settings, tenant: str, body: q.BroadcastCreate, audience: Audience
 ) -> tuple[q.Broadcast, bool, NotificationInput]:
     with session_scope(engine) as session:
-        flows = q.resolve_flows(session, tenant, body.flow, body.event_type)
-        if not flows:
-            field = "flow" if body.flow is not None else "event_type"
-            raise field_error(["body", field], f"no flow for {body.flow or body.event_type!r}")
-        if not topic_exists(session, tenant, audience.topic):
-            raise field_error(
-                ["body", "audience", "topic"], f"topic {audience.topic!r} does not exist"
+        try:
+            row, created = q.open_broadcast(
+                session,
+                tenant,
+                body,
+                audience,
+                idempotency_key=body.idempotency_key,
+                workflow_id_for=lambda bid: broadcast_workflow_id(tenant, bid),
             )
-        row, created = q.create_broadcast(
-            session,
-            tenant,
-            event_type=flows[0].event_type,
-            flows=flows,
-            audience=audience.model_dump(mode="json"),
-            data=body.data,
-            total=audience_count(session, tenant, audience),
-            send_at=None if body.send_at is None else body.send_at.astimezone(UTC),
-            idempotency_key=body.idempotency_key,
-            workflow_id_for=lambda bid: broadcast_workflow_id(tenant, bid),
-        )
-        first = flows[0]
-        template = NotificationInput(
-            tenant_id=tenant,
-            notification_id="",
-            event_id=row.event_id,
-            event_type=row.event_type,
-            subscriber_id="",
-            flow=FlowDefinition.model_validate(
-                {"key": first.key, "event_type": first.event_type, "steps": first.steps}
-            ),
-            delivery_ids=[],
-            **configured(settings),
-        )
+        except q.BroadcastError as exc:
+            raise field_error(["body", *exc.field], str(exc)) from exc
+        template = notification_template(settings, tenant, row.event_id, row.event_type)
         session.expunge(row)
         return row, created, template
+
+
+def notification_template(
+    settings: Settings, tenant: str, event_id: str, event_type: str
+) -> NotificationInput:
+    """What every notification of a broadcast shares; each child lays its own ids over it."""
+    return NotificationInput(
+        tenant_id=tenant,
+        notification_id="",
+        event_id=event_id,
+        event_type=event_type,
+        subscriber_id="",
+        flow=FlowDefinition(key="-", event_type=event_type, steps=[]),
+        delivery_ids=[],
+        **configured(settings),
+    )
 
 
 async def _start(
