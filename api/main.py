@@ -25,6 +25,7 @@ from api.routes import (
     notifications,
     providers,
     sandbox,
+    schedules,
     subscribers,
     topics,
     tracking,
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         dashboard,
         broadcasts,
         topics,
+        schedules,
     ):
         app.include_router(module.router)
 
