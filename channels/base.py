@@ -6,8 +6,9 @@ Adapters know nothing of Temporal: they raise ``TransientProviderError`` or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from core.types import Channel
 
@@ -105,6 +106,11 @@ class PermanentProviderError(ProviderError):
     """
 
 
+# Per message of a batch: success, or why this one failed. A TransientProviderError here
+# means "not sent, worth retrying"; the batch as a whole went on without it.
+Outcome: TypeAlias = SendResult | ProviderError
+
+
 C = TypeVar("C", EmailContent, SmsContent, PushContent, WebhookContent)
 
 
@@ -133,6 +139,20 @@ class ChannelAdapter(Protocol):
 
     def send(self, message: Message) -> SendResult:
         """Send once; raise a ``ProviderError`` subclass on failure, never return a failure."""
+        ...
+
+
+@runtime_checkable
+class BatchAdapter(Protocol):
+    """An adapter that can hand the provider many messages per call (its batch API)."""
+
+    channel: Channel
+    provider: str
+    max_batch: int
+
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """One outcome per message, in order. Raise TransientProviderError only when the
+        whole batch failed in a way worth retrying (network, 5xx, 429 with Retry-After)."""
         ...
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import firebase_admin
 import requests.adapters
@@ -12,13 +14,16 @@ from google.auth import exceptions as auth_exceptions
 
 from channels.base import (
     Message,
+    Outcome,
     PermanentProviderError,
+    ProviderError,
     PushContent,
     SendResult,
     TransientProviderError,
     parse_retry_after,
     unpack,
 )
+from channels.batch import settle
 from core.settings import Settings
 from core.types import Channel
 
@@ -60,13 +65,16 @@ def _point_messaging_service(app: firebase_admin.App, base_url: str, project_id:
     """
     service = messaging._get_messaging_service(app)
     service._fcm_url = f"{base_url}/v1/projects/{project_id}/messages:send"
-    no_retry = requests.adapters.HTTPAdapter(pool_connections=10, pool_maxsize=100, max_retries=0)
+    no_retry = requests.adapters.HTTPAdapter(
+        pool_connections=10, pool_maxsize=MAX_TOKENS_PER_CALL, max_retries=0
+    )
     service._client.session.mount(base_url + "/", no_retry)
 
 
 class FcmAdapter:
     channel = Channel.PUSH
     provider = PROVIDER
+    max_batch = MAX_TOKENS_PER_CALL
 
     def __init__(self, settings: Settings, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         if settings.fcm_credentials_file is None:
@@ -89,55 +97,118 @@ class FcmAdapter:
         firebase_admin.delete_app(self._app)
 
     def send(self, message: Message) -> SendResult:
-        content = unpack(message, PushContent, provider=PROVIDER, one_recipient=False)
-        tokens = list(dict.fromkeys(message.to))  # de-duplicated, order kept
-        if not tokens:
-            raise PermanentProviderError(
-                "no push tokens", provider=PROVIDER, code="no_tokens", recipient=True
-            )
-        if len(tokens) > MAX_TOKENS_PER_CALL:
-            raise PermanentProviderError(
-                f"{len(tokens)} tokens exceed FCM's {MAX_TOKENS_PER_CALL} per call",
-                provider=PROVIDER,
-                code="too_many_tokens",
-            )
-        data = {**content.data, "herald_delivery_id": message.delivery_id}
-        notification = messaging.Notification(title=content.title, body=content.body)
-        fcm_messages = [_token_message(token, notification, data) for token in tokens]
+        tokens, fcm_messages = _prepare(message)
         try:
             batch = messaging.send_each(fcm_messages, app=self._app)
         except exceptions.FirebaseError as exc:
             # send_each turns anything escaping a worker (e.g. failing to fetch an OAuth
             # token) into UnknownError with the original as its cause.
             raise _classify_batch_failure(exc) from exc
+        outcome = _outcome(message, tokens, batch.responses)
+        if isinstance(outcome, ProviderError):
+            raise outcome
+        return outcome
 
-        sent: list[str] = []
-        invalid: list[str] = []
-        failures: list[tuple[str, exceptions.FirebaseError]] = []
-        for token, resp in zip(tokens, batch.responses, strict=True):
-            if resp.success:
-                sent.append(resp.message_id)
+    def plan_batch(self, messages: Sequence[Message]) -> tuple[list[Call], dict[int, Outcome]]:
+        """The ``send_each`` calls for ``messages``, and the messages that cannot be sent.
+
+        One FCM message per token; a message's tokens never straddle two calls, so each
+        call's answer settles its messages.
+        """
+        calls: list[Call] = []
+        rejected: dict[int, Outcome] = {}
+        size = 0
+        for index, message in enumerate(messages):
+            try:
+                tokens, fcm_messages = _prepare(message)
+            except PermanentProviderError as exc:
+                rejected[index] = exc
                 continue
-            error = resp.exception
-            failures.append((token, error))
-            if _invalid_token_code(error) is not None:
-                invalid.append(token)
+            if not calls or size + len(tokens) > MAX_TOKENS_PER_CALL:
+                calls.append(Call([], []))
+                size = 0
+            calls[-1].members.append((index, tokens))
+            calls[-1].fcm_messages.extend(fcm_messages)
+            size += len(tokens)
+        return calls, rejected
 
-        if sent:
-            if failures:
-                log.warning(
-                    "fcm delivery %s: %d of %d tokens failed (%d invalid)",
-                    message.delivery_id,
-                    len(failures),
-                    len(tokens),
-                    len(invalid),
-                )
-            return SendResult(
-                provider=PROVIDER,
-                provider_message_id=",".join(sent),
-                invalid_tokens=tuple(invalid),
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """``send_each`` per <= 500 tokens; a message is sent if any of its tokens went out."""
+        calls, outcomes = self.plan_batch(messages)
+        for number, call in enumerate(calls):
+            try:
+                batch = messaging.send_each(call.fcm_messages, app=self._app)
+            except exceptions.FirebaseError as exc:
+                # Credentials or the network: the calls after this one would fail alike.
+                error = _classify_batch_failure(exc)
+                for later in calls[number:]:
+                    outcomes.update((index, error) for index, _ in later.members)
+                break
+            responses = iter(batch.responses)
+            for index, tokens in call.members:
+                answers = [next(responses) for _ in tokens]
+                outcomes[index] = _outcome(messages[index], tokens, answers)
+        return settle([outcomes[i] for i in range(len(messages))])
+
+
+@dataclass(frozen=True)
+class Call:
+    """One ``send_each`` call: (message index, its tokens) and the FCM messages, in order."""
+
+    members: list[tuple[int, list[str]]]
+    fcm_messages: list[messaging.Message]
+
+
+def _prepare(message: Message) -> tuple[list[str], list[messaging.Message]]:
+    """The message's tokens (de-duplicated, order kept) and one FCM message per token."""
+    content = unpack(message, PushContent, provider=PROVIDER, one_recipient=False)
+    tokens = list(dict.fromkeys(message.to))
+    if not tokens:
+        raise PermanentProviderError(
+            "no push tokens", provider=PROVIDER, code="no_tokens", recipient=True
+        )
+    if len(tokens) > MAX_TOKENS_PER_CALL:
+        raise PermanentProviderError(
+            f"{len(tokens)} tokens exceed FCM's {MAX_TOKENS_PER_CALL} per call",
+            provider=PROVIDER,
+            code="too_many_tokens",
+        )
+    data = {**content.data, "herald_delivery_id": message.delivery_id}
+    notification = messaging.Notification(title=content.title, body=content.body)
+    return tokens, [_token_message(token, notification, data) for token in tokens]
+
+
+def _outcome(
+    message: Message, tokens: list[str], responses: Sequence[messaging.SendResponse]
+) -> Outcome:
+    """Sent if any token went out (dead ones listed), else why all of them failed."""
+    sent: list[str] = []
+    invalid: list[str] = []
+    failures: list[tuple[str, exceptions.FirebaseError]] = []
+    for token, resp in zip(tokens, responses, strict=True):
+        if resp.success:
+            sent.append(resp.message_id)
+            continue
+        error = resp.exception
+        failures.append((token, error))
+        if _invalid_token_code(error) is not None:
+            invalid.append(token)
+
+    if sent:
+        if failures:
+            log.warning(
+                "fcm delivery %s: %d of %d tokens failed (%d invalid)",
+                message.delivery_id,
+                len(failures),
+                len(tokens),
+                len(invalid),
             )
-        raise _classify_all_failed(failures, tuple(invalid))
+        return SendResult(
+            provider=PROVIDER,
+            provider_message_id=",".join(sent),
+            invalid_tokens=tuple(invalid),
+        )
+    return _classify_all_failed(failures, tuple(invalid))
 
 
 def _token_message(

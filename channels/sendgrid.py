@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parseaddr
 from http.client import HTTPException
 from typing import Any
@@ -11,17 +14,30 @@ from urllib.error import URLError
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Content, CustomArg, From, Header, Mail, MimeType, Subject, To
+from sendgrid.helpers.mail import (
+    Content,
+    CustomArg,
+    From,
+    Header,
+    Mail,
+    MimeType,
+    Personalization,
+    Subject,
+    Substitution,
+    To,
+)
 
 from channels.base import (
     EmailContent,
     Message,
+    Outcome,
     PermanentProviderError,
     SendResult,
     TransientProviderError,
     parse_retry_after,
     unpack,
 )
+from channels.batch import settle
 from core.settings import Settings
 from core.types import Channel
 
@@ -29,11 +45,19 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "sendgrid"
 DEFAULT_TIMEOUT_SECONDS = 10.0
+MAX_PERSONALIZATIONS = 1000  # per v3 Mail Send request
+# SendGrid caps a personalization's substitutions at 10,000 bytes.
+MAX_SUBSTITUTION_BYTES = 10_000
+# A delivery's own URLs (open pixel, click links, unsubscribe): the only per-recipient part
+# of a broadcast's rendered body once the template is the same for everyone.
+_TRACKED_URL = re.compile(r"""https?://[^\s"'<>]+/(?:t/o|t/c|u)/[^\s"'<>]+""")
+_TAG = re.compile(r"-herald\d+-")
 
 
 class SendGridAdapter:
     channel = Channel.EMAIL
     provider = PROVIDER
+    max_batch = MAX_PERSONALIZATIONS
 
     def __init__(self, settings: Settings, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         if settings.sendgrid_api_key is None:
@@ -70,7 +94,69 @@ class SendGridAdapter:
         return body
 
     def send(self, message: Message) -> SendResult:
-        body = self.build_mail(message)
+        provider_id = self._post(self.build_mail(message)) or message.delivery_id
+        log.info("sendgrid accepted delivery %s (id %s)", message.delivery_id, provider_id)
+        return SendResult(provider=PROVIDER, provider_message_id=provider_id)
+
+    def build_batch(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[BatchRequest], dict[int, PermanentProviderError]]:
+        """The v3 requests for ``messages``, and the messages that cannot be sent at all.
+
+        Messages whose content is the same once their tracking URLs are swapped for
+        substitution tags share a request (one personalization each, <= 1,000 a request).
+        """
+        rejected: dict[int, PermanentProviderError] = {}
+        groups: dict[tuple[str, str | None], list[tuple[int, Message, SharedContent]]] = {}
+        for index, message in enumerate(messages):
+            try:
+                content = unpack(message, EmailContent, provider=PROVIDER)
+            except PermanentProviderError as exc:
+                rejected[index] = exc
+                continue
+            shared = shared_content(content)
+            key = (shared.text, shared.html)
+            groups.setdefault(key, []).append((index, message, shared))
+        requests: list[BatchRequest] = []
+        for (text, html), members in groups.items():
+            for start in range(0, len(members), MAX_PERSONALIZATIONS):
+                part = members[start : start + MAX_PERSONALIZATIONS]
+                mail = Mail(from_email=self._from)
+                mail.add_content(Content(MimeType.text, text))
+                if html:
+                    mail.add_content(Content(MimeType.html, html))
+                for position, (_, message, shared) in enumerate(part):
+                    mail.add_personalization(_personalization(message, shared), index=position)
+                body: dict[str, Any] = mail.get()
+                requests.append(BatchRequest(tuple(i for i, _, _ in part), body))
+        return requests, rejected
+
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """One request per content group; its X-Message-Id names every message in it."""
+        requests, rejected = self.build_batch(messages)
+        outcomes: dict[int, Outcome] = dict(rejected)
+        for number, request in enumerate(requests):
+            try:
+                provider_id = self._post(request.body)
+            except PermanentProviderError as exc:
+                log.warning("sendgrid refused %d message(s): %s", len(request.indexes), exc)
+                outcomes.update((i, exc) for i in request.indexes)
+                continue
+            except TransientProviderError as exc:
+                # Stop: the requests already accepted keep their results, the rest retry.
+                for later in requests[number:]:
+                    outcomes.update((i, exc) for i in later.indexes)
+                break
+            log.info("sendgrid accepted %d message(s) (id %s)", len(request.indexes), provider_id)
+            for i in request.indexes:
+                outcomes[i] = SendResult(
+                    provider=PROVIDER,
+                    provider_message_id=provider_id or messages[i].delivery_id,
+                )
+        return settle([outcomes[i] for i in range(len(messages))])
+
+    def _post(self, body: dict[str, Any]) -> str | None:
+        """POST one v3 request; the X-Message-Id it was given, or a ProviderError."""
         try:
             response = self._client.send(body)
         except HTTPError as exc:
@@ -84,16 +170,61 @@ class SendGridAdapter:
                 f"{kind} error talking to SendGrid: {exc}", provider=PROVIDER, code=kind
             ) from exc
         headers = response.headers
-        provider_id = (headers.get("X-Message-Id") if headers is not None else None) or (
-            message.delivery_id
-        )
-        log.info(
-            "sendgrid accepted delivery %s (status %s, id %s)",
-            message.delivery_id,
-            response.status_code,
-            provider_id,
-        )
-        return SendResult(provider=PROVIDER, provider_message_id=provider_id)
+        provider_id: str | None = headers.get("X-Message-Id") if headers is not None else None
+        return provider_id or None
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One v3 Mail Send body, and which of the batch's messages it carries (in order)."""
+
+    indexes: tuple[int, ...]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SharedContent:
+    text: str
+    html: str | None
+    substitutions: dict[str, str]  # tag -> this message's own URL
+    content: EmailContent
+
+
+def shared_content(content: EmailContent) -> SharedContent:
+    """The message's text/html with its own tracking URLs replaced by ``-herald{i}-`` tags.
+
+    Left as is when a tag could be mistaken for text already in the message (SendGrid also
+    substitutes in the subject), or when the values exceed SendGrid's substitution budget.
+    """
+    own = (content.text, content.html or "", content.subject, *content.headers.values())
+    if any(_TAG.search(value) for value in own):
+        return SharedContent(content.text, content.html, {}, content)
+    tags: dict[str, str] = {}  # url -> tag, in order of first appearance
+
+    def tag(match: re.Match[str]) -> str:
+        url = match.group(0)
+        return tags.setdefault(url, f"-herald{len(tags)}-")
+
+    text = _TRACKED_URL.sub(tag, content.text)
+    html = _TRACKED_URL.sub(tag, content.html) if content.html is not None else None
+    substitutions = {t: url for url, t in tags.items()}
+    if sum(len(t) + len(url) for t, url in substitutions.items()) > MAX_SUBSTITUTION_BYTES:
+        return SharedContent(content.text, content.html, {}, content)
+    return SharedContent(text, html, substitutions, content)
+
+
+def _personalization(message: Message, shared: SharedContent) -> Personalization:
+    p = Personalization()
+    p.add_to(To(message.to[0]))
+    p.subject = shared.content.subject
+    for name, value in shared.content.headers.items():
+        p.add_header(Header(name, value))
+    for key, value in shared.substitutions.items():
+        p.add_substitution(Substitution(key, value))
+    # Echoed back on SendGrid event webhooks, so events can be tied to the delivery.
+    p.add_custom_arg(CustomArg("herald_delivery_id", message.delivery_id))
+    p.add_custom_arg(CustomArg("herald_tenant_id", message.tenant_id))
+    return p
 
 
 def _error_message(exc: HTTPError) -> str:
