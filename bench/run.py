@@ -94,6 +94,12 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Proc:
     return Proc(name, popen, log_path)
 
 
+def api_command(port: int) -> list[str]:
+    """Herald's API under uvicorn on ``port``; the environment names its database."""
+    args = "-m uvicorn --factory api.main:create_app --host 127.0.0.1 --no-access-log"
+    return [sys.executable, *args.split(), "--port", str(port), "--log-level", "warning"]
+
+
 class Deliveries:
     """Resolves a future per (scenario, seq) once every expected provider request arrived."""
 
@@ -211,6 +217,7 @@ class Bench:
             "HERALD_DATABASE_URL": f"sqlite:///{self.work / 'herald.db'}",
             "HERALD_TEMPORAL_ADDRESS": self.temporal_addr,
             "HERALD_API_KEYS": f"{API_KEY}:bench",
+            "HERALD_PUBLIC_URL": f"http://127.0.0.1:{aport}",  # tracking links, callbacks
             **{f"HERALD_{k.upper()}": str(v) for k, v in overrides.items()},
         }
         self.raw_queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
@@ -229,25 +236,8 @@ class Bench:
             self.work,
         )
         self.procs["worker"] = spawn("worker", [sys.executable, "worker.py"], env, self.work)
-        self.procs["api"] = spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(aport),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env,
-            self.work,
-        )
+        self.env = env
+        self.procs["api"] = spawn("api", api_command(aport), env, self.work)
         await wait_port(aport, alive=self.procs["api"].alive, name="api")
         self.http = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{aport}",
@@ -456,16 +446,31 @@ TARGETS = [
     ("burst API accept p99 (ms)", lambda r: r["burst"]["api_accept_p99_ms"], "<=", 50),
     ("burst lost + duplicates", lambda r: r["burst"]["lost"] + r["burst"]["duplicates"], "<=", 0),
     ("worker peak RSS (MB)", lambda r: r["memory"]["worker_peak_rss_mb"], "<=", 300),
+    ("tracking pixel p99 (ms)", lambda r: r["tracking"]["pixel"]["p99_ms"], "<=", 20),
+    ("tracking click p99 (ms)", lambda r: r["tracking"]["click"]["p99_ms"], "<=", 20),
+    ("tracking errors", lambda r: r["tracking"]["errors"], "<=", 0),
+    ("SendGrid 1,000 events, max (ms)", lambda r: r["sendgrid_batch"]["max_ms"], "<=", 1000),
+    ("SendGrid events not stored", lambda r: r["sendgrid_batch"]["not_stored"], "<=", 0),
+    ("analytics 1M, slowest p50 (ms)", lambda r: r["analytics"]["slowest_p50_ms"], "<=", 200),
+    ("analytics 1M, slowest max (ms)", lambda r: r["analytics"]["slowest_max_ms"], "<=", 200),
+    ("analytics totals mismatches", lambda r: r["analytics"]["mismatches"], "<=", 0),
 ]
 
 
 def table(r: dict[str, Any]) -> str:
     lines = [f"{'figure':<34} {'value':>10} {'target':>10}  met"]
     for name, get, op, target in TARGETS:
-        value = get(r)
+        try:
+            value = get(r)
+        except KeyError:  # left out by HERALD_BENCH_ONLY
+            continue
         met = value >= target if op == ">=" else value <= target
         lines.append(f"{name:<34} {value:>10} {op + str(target):>10}  {'yes' if met else 'NO'}")
     lines.append("")
+    from bench import engagement  # imports this module
+
+    if "raw" not in r:
+        return "\n".join(lines + engagement.lines(r))
     for scen in ("raw", "raw_split", "transactional", "multichannel", "raw_after"):
         s = r[scen]
         lines.append(
@@ -499,7 +504,7 @@ def table(r: dict[str, Any]) -> str:
     )
     m = r["memory"]
     lines.append(f"peak RSS: worker {m['worker_peak_rss_mb']} MB, API {m['api_peak_rss_mb']} MB")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *engagement.lines(r)])
 
 
 def say(msg: str) -> None:
@@ -508,18 +513,25 @@ def say(msg: str) -> None:
 
 
 async def _main() -> int:
+    from bench import engagement  # imports this module
+
+    # HERALD_BENCH_ONLY=engagement: only tracking, SendGrid batches and analytics (or some
+    # of them: HERALD_BENCH_ONLY=tracking,sendgrid,analytics).
+    only = os.environ.get("HERALD_BENCH_ONLY", "")
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
         bench = Bench(Path(tmp))
         try:
             await bench.start()
-            best = await bench.scenario_raw()
-            # Interleaved so no scenario gets a fresher Temporal database than another.
-            await bench.scenario("raw_split", bench.raw_split_one, best)
-            await bench.scenario("transactional", bench.tx_one, best)
-            await bench.scenario("multichannel", bench.multi_one, best)
-            await bench.scenario("raw_after", bench.raw_one, best)
-            await bench.scenario_burst()
-            bench.memory()
+            if not only:
+                best = await bench.scenario_raw()
+                # Interleaved so no scenario gets a fresher Temporal database than another.
+                await bench.scenario("raw_split", bench.raw_split_one, best)
+                await bench.scenario("transactional", bench.tx_one, best)
+                await bench.scenario("multichannel", bench.multi_one, best)
+                await bench.scenario("raw_after", bench.raw_one, best)
+                await bench.scenario_burst()
+                bench.memory()
+            await engagement.run(bench, only)
         except Exception:
             for proc in bench.procs.values():
                 tail = proc.log_path.read_text(errors="replace")[-2000:]
@@ -528,7 +540,8 @@ async def _main() -> int:
         finally:
             await bench.stop()
     r = bench.results
-    r["ratios"] = ratios(r)
+    if "raw" in r:
+        r["ratios"] = ratios(r)
     r["machine"] = {
         "cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
