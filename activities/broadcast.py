@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from core.audience import Audience
 from core.flows import FlowDefinition
+from core.preferences import next_local
 from store.broadcasts import (
     Broadcast,
     BroadcastCreate,
@@ -22,13 +23,27 @@ from store.broadcasts import (
     set_status,
 )
 from store.db import session_scope
-from store.topics import audience_page
+from store.topics import audience_page, audience_timezones
 
 
 class EnrollInput(BaseModel):
     broadcast_id: str
     after: str | None = None
     limit: int = 200
+    # A local-time broadcast enrolls one timezone at a time, when its hour comes.
+    timezone: str | None = None
+
+
+class ZonesInput(BaseModel):
+    broadcast_id: str
+    local_time: str
+    # The instant the plan is made from: each zone fires at its next HH:MM after it.
+    base: datetime
+
+
+class ZoneFire(BaseModel):
+    timezone: str
+    at: datetime
 
 
 class EnrolledItem(BaseModel):
@@ -61,6 +76,7 @@ class OpenResult(BaseModel):
     event_type: str
     total: int
     send_at: datetime | None
+    local_time: str | None = None
 
 
 class FinishInput(BaseModel):
@@ -87,6 +103,8 @@ class BroadcastActivities:
                     f"broadcast {inp.broadcast_id} does not exist", non_retryable=True
                 )
             audience = Audience.model_validate(row.audience)
+            if inp.timezone is not None:
+                audience.where = {**audience.where, "timezone": inp.timezone}
             page = audience_page(session, row.tenant_id, audience, inp.after, inp.limit)
             enrolled = enroll(
                 session,
@@ -142,10 +160,25 @@ class BroadcastActivities:
                     event_type=row.event_type,
                     total=row.total,
                     send_at=row.send_at,
+                    local_time=row.local_time,
                 )
         except (BroadcastError, ValidationError) as exc:
             # The flow or topic was deleted since the schedule was made: say so, once.
             raise ApplicationError(f"cannot open the broadcast: {exc}", non_retryable=True) from exc
+
+    @activity.defn(name="broadcast_timezones")
+    def broadcast_timezones(self, inp: ZonesInput) -> list[ZoneFire]:
+        """Every timezone of the audience with its next HH:MM, soonest first: a timer each."""
+        with session_scope(self.engine) as session:
+            row = session.get(Broadcast, inp.broadcast_id)
+            if row is None:
+                raise ApplicationError(
+                    f"broadcast {inp.broadcast_id} does not exist", non_retryable=True
+                )
+            topic = Audience.model_validate(row.audience).topic
+            zones = audience_timezones(session, row.tenant_id, topic)
+        fires = [ZoneFire(timezone=z, at=next_local(inp.local_time, inp.base, z)) for z in zones]
+        return sorted(fires, key=lambda f: (f.at, f.timezone))
 
     @activity.defn(name="set_broadcast_status")
     def set_broadcast_status(self, inp: StatusInput) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import StringConstraints
 from sqlalchemy import JSON, UniqueConstraint, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.audience import Audience
+from core.preferences import HHMM
 from core.types import DeliveryStatus, new_id, notification_workflow_id
 from store.events import PlannedNotification, fan_out, stop_notifications
 from store.flows import flows_for_event, get_flow
@@ -47,6 +49,8 @@ class Broadcast(SQLModel, table=True):
     flow_keys: list[str] = Field(default_factory=list, sa_type=JSON)
     audience: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     send_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # HH:MM: each recipient gets it at this time in their own timezone (after send_at).
+    local_time: str | None = Field(default=None, max_length=5)
     status: str = Field(default=BroadcastStatus.RUNNING, max_length=16)
     workflow_id: str = Field(max_length=512)
     # Audience members matching the filter when it was created (opt-outs included).
@@ -86,6 +90,7 @@ def create_broadcast(
     send_at: datetime | None,
     idempotency_key: str | None,
     workflow_id_for: Any,
+    local_time: str | None = None,
 ) -> tuple[Broadcast, bool]:
     """Store the broadcast and its event; a repeated idempotency key returns the first."""
     if idempotency_key is not None:
@@ -111,7 +116,12 @@ def create_broadcast(
         flow_keys=[f.key for f in flows],
         audience=audience,
         send_at=send_at,
-        status=BroadcastStatus.SCHEDULED if send_at is not None else BroadcastStatus.RUNNING,
+        local_time=local_time,
+        status=(
+            BroadcastStatus.SCHEDULED
+            if send_at is not None or local_time is not None
+            else BroadcastStatus.RUNNING
+        ),
         workflow_id=workflow_id_for(broadcast_id),
         total=total,
     )
@@ -163,6 +173,7 @@ def open_broadcast(
         send_at=None if body.send_at is None else body.send_at.astimezone(UTC),
         idempotency_key=idempotency_key,
         workflow_id_for=workflow_id_for,
+        local_time=body.local_time,
     )
 
 
@@ -322,6 +333,8 @@ class BroadcastCreate(SQLModel):
     data: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     send_at: datetime | None = None
+    # HH:MM: at this time in each recipient's timezone (after send_at).
+    local_time: Annotated[str, StringConstraints(pattern=HHMM)] | None = None
 
 
 class BroadcastCounts(SQLModel):
@@ -339,6 +352,7 @@ class BroadcastPublic(SQLModel):
     flows: list[str]
     audience: dict[str, Any]
     send_at: datetime | None
+    local_time: str | None
     total: int
     scanned: int
     enrolled: int
@@ -361,6 +375,7 @@ def public(session: Session, row: Broadcast) -> BroadcastPublic:
         flows=row.flow_keys,
         audience=row.audience,
         send_at=row.send_at,
+        local_time=row.local_time,
         total=row.total,
         scanned=row.scanned,
         enrolled=row.enrolled,

@@ -248,7 +248,28 @@ def _member_rows(
     )
     if after is not None:
         stmt = stmt.where(member > after)
+    zone = audience.where.get("timezone")
+    if isinstance(zone, str):  # a broadcast's per-timezone pass: narrow it in SQL
+        stmt = stmt.where(col(Subscriber.timezone) == zone)
     return list(session.execute(stmt).all())
+
+
+def audience_timezones(session: Session, tenant_id: str, topic: str) -> list[str]:
+    """The timezones among a topic's members: one timer each for a local-time broadcast."""
+    stmt = (
+        sa_select(col(Subscriber.timezone))
+        .select_from(TopicSubscriber)
+        .join(
+            Subscriber,
+            and_(
+                col(Subscriber.tenant_id) == col(TopicSubscriber.tenant_id),
+                col(Subscriber.id) == col(TopicSubscriber.subscriber_id),
+            ),
+        )
+        .where(col(TopicSubscriber.tenant_id) == tenant_id, col(TopicSubscriber.topic_key) == topic)
+        .distinct()
+    )
+    return sorted(z for (z,) in session.execute(stmt).all() if z)
 
 
 def audience_page(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import (
@@ -31,10 +32,12 @@ with workflow.unsafe.imports_passed_through():
         OpenInput,
         OpenResult,
         StatusInput,
+        ZoneFire,
+        ZonesInput,
     )
     from activities.policies import ENROLL_RETRY, ENROLL_TIMEOUT, RECORD_RETRY, RECORD_TIMEOUT
     from workflows.notification import NotificationWorkflow, identifying_attributes, summary
-    from workflows.types import BroadcastInput, BroadcastResult, NotificationInput
+    from workflows.types import BroadcastInput, BroadcastResult, NotificationInput, ZonePlan
 
 SA_BROADCAST = SearchAttributeKey.for_keyword("HeraldBroadcast")
 # Batches per run before continue-as-new: each batch adds ~2 history events per recipient.
@@ -54,37 +57,50 @@ class BroadcastWorkflow:
         if not inp.broadcast_id:
             inp = await self._open(inp)
         if not inp.started and inp.send_at is not None:
-            wait = inp.send_at - workflow.now()
-            if wait.total_seconds() > 0:
-                workflow.set_current_details(f"scheduled for {inp.send_at:%Y-%m-%d %H:%M} UTC")
-                with contextlib.suppress(TimeoutError):
-                    await workflow.wait_condition(
-                        lambda: self._cancelled,
-                        timeout=wait,
-                        timeout_summary=f"send at {inp.send_at:%Y-%m-%d %H:%M} UTC",
-                    )
-            if not self._cancelled:
-                await self._status(inp, "running")
+            await self._until(inp.send_at, f"send at {inp.send_at:%Y-%m-%d %H:%M} UTC")
+        scheduled = not inp.started and (inp.send_at is not None or inp.local_time is not None)
         inp.started = True
+        if inp.local_time is not None and inp.zones is None:
+            inp.zones = await self._plan_zones(inp)
         batches = 0
         while not self._cancelled:
+            zone = None
+            if inp.zones is not None:
+                if inp.zone >= len(inp.zones):
+                    break
+                zone = inp.zones[inp.zone]
+                if inp.after is None:
+                    await self._until(zone.at, f"{inp.local_time} in {zone.timezone}")
+                if self._cancelled:
+                    break
+            if scheduled:  # its (first) hour has come
+                scheduled = False
+                await self._status(inp, "running")
             self._progress(inp)
             await workflow.wait_condition(lambda: not self._paused or self._cancelled)
             if self._cancelled:
                 break
             result: EnrollResult = await workflow.execute_activity_method(
                 BroadcastActivities.enroll_batch,
-                EnrollInput(broadcast_id=inp.broadcast_id, after=inp.after, limit=inp.batch_size),
+                EnrollInput(
+                    broadcast_id=inp.broadcast_id,
+                    after=inp.after,
+                    limit=inp.batch_size,
+                    timezone=None if zone is None else zone.timezone,
+                ),
                 start_to_close_timeout=ENROLL_TIMEOUT,
                 retry_policy=ENROLL_RETRY,
-                summary=f"enroll after {inp.after or 'the start'}",
+                summary=f"enroll after {inp.after or 'the start'}"
+                + ("" if zone is None else f" ({zone.timezone})"),
             )
             await self._start(inp, result)
             inp.after = result.next_after
             inp.enrolled += len(result.items)
             inp.scanned += result.scanned
             if result.next_after is None:
-                break
+                if zone is None:
+                    break
+                inp.zone += 1  # this timezone is done; the next one waits for its hour
             batches += 1
             if batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -115,6 +131,33 @@ class BroadcastWorkflow:
         """Enroll nobody else; notifications not sent yet are stopped."""
         self._cancelled = True
 
+    async def _until(self, at: datetime, what: str) -> None:
+        """A durable timer that a cancellation cuts short."""
+        wait = at - workflow.now()
+        if wait <= timedelta(0):
+            return
+        workflow.set_current_details(f"waiting: {what} ({at:%Y-%m-%d %H:%M} UTC)")
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._cancelled, timeout=wait, timeout_summary=what
+            )
+
+    async def _plan_zones(self, inp: BroadcastInput) -> list[ZonePlan]:
+        assert inp.local_time is not None
+        # Recorded in history, so the plan never changes on replay.
+        fires: list[ZoneFire] = await workflow.execute_activity_method(
+            BroadcastActivities.broadcast_timezones,
+            ZonesInput(
+                broadcast_id=inp.broadcast_id,
+                local_time=inp.local_time,
+                base=max(workflow.now(), inp.send_at or workflow.now()),
+            ),
+            start_to_close_timeout=ENROLL_TIMEOUT,
+            retry_policy=ENROLL_RETRY,
+            summary=f"plan {inp.local_time} in each timezone",
+        )
+        return [ZonePlan(timezone=f.timezone, at=f.at) for f in fires]
+
     async def _open(self, inp: BroadcastInput) -> BroadcastInput:
         """A scheduled run: store its broadcast (and event) before anything else."""
         assert inp.spec is not None
@@ -134,6 +177,7 @@ class BroadcastWorkflow:
                 "broadcast_id": opened.broadcast_id,
                 "total": opened.total,
                 "send_at": opened.send_at,
+                "local_time": opened.local_time,
                 "template": template,
             }
         )

@@ -71,6 +71,7 @@ def build_workers(
                         flow_acts.claim_digest,
                         broadcast_acts.open_broadcast,
                         broadcast_acts.enroll_batch,
+                        broadcast_acts.broadcast_timezones,
                         broadcast_acts.set_broadcast_status,
                         broadcast_acts.finish_broadcast,
                     ],

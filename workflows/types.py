@@ -110,6 +110,11 @@ class DigestResult(BaseModel):
     carrier: str | None = None
 
 
+class ZonePlan(BaseModel):
+    timezone: str
+    at: datetime
+
+
 class BroadcastInput(BaseModel):
     """A broadcast's run; continue-as-new carries the cursor and what signals said."""
 
@@ -118,6 +123,11 @@ class BroadcastInput(BaseModel):
     broadcast_id: str
     total: int = 0
     send_at: datetime | None = None
+    # HH:MM in each recipient's timezone: the timezones are enrolled in turn, each at its
+    # own hour (`zones`, `zone` carry the plan across continue-as-new).
+    local_time: str | None = None
+    zones: list[ZonePlan] | None = None
+    zone: int = 0
     spec: dict[str, Any] | None = None
     # Channel queues, retry policies, providers and retention for the notifications it
     # starts; each child gets its notification's ids and flow snapshot laid over it.

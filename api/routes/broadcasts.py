@@ -158,6 +158,7 @@ async def _start(
         broadcast_id=row.id,
         total=row.total,
         send_at=row.send_at,
+        local_time=row.local_time,
         template=template,
         batch_size=settings.broadcast_batch_size,
     )

@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from temporalio.api.enums.v1 import EventType
+
 from tests.conftest import Herald, HeraldFactory, unique
 from tests.fakes.provider import FakeProvider
 from tests.workflows.test_notification import visible
@@ -155,3 +157,26 @@ async def test_bad_requests_name_the_field(herald: Herald) -> None:
         else:
             assert err["loc"][:3] == ["body", "audience", "where"], err
             assert "shoe" in str(err["loc"]) + err["msg"]
+
+
+async def test_send_at_is_a_durable_timer(herald: Herald, fresh_provider: FakeProvider) -> None:
+    await herald.put_flow("timed", event_type="timed.sent", steps=[EMAIL])
+    await _topic(herald, _members(3))
+    at = datetime.now(UTC) + timedelta(seconds=2)
+
+    created = await _broadcast(
+        herald, flow="timed", audience={"topic": "beta"}, send_at=at.isoformat()
+    )
+    assert (created["status"], created["enrolled"]) == ("scheduled", 0)
+    assert fresh_provider.requests("sendgrid") == []
+    done = await _until_done(herald, created["id"])
+
+    assert done["counts"]["sent"] == 3
+    assert min(r.received_at for r in fresh_provider.requests("sendgrid")) >= at.timestamp()
+    handle = herald.client.get_workflow_handle(created["workflow_id"])
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+    assert len(timers) == 1 and timedelta(seconds=1) < timers[0] <= timedelta(seconds=2)
