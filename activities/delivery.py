@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
@@ -35,6 +36,7 @@ from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
 from store.deliveries import (
+    DeliveryContext,
     add_sandbox_message,
     engaged_before,
     is_final,
@@ -101,6 +103,19 @@ class RecordFailureInput(BaseModel):
 class ReopenInput(BaseModel):
     delivery_id: str
     reason: str
+
+
+@dataclass
+class Decision:
+    """What ``DeliveryActivities.decide`` found: exactly one of these is set."""
+
+    message: Message | None = None
+    links: list[TrackedLink] = field(default_factory=list)
+    skip: str | None = None
+    # The notification was stopped: every later step is skipped too.
+    stopped: str | None = None
+    quiet: tuple[datetime, str] | None = None
+    template_error: TemplateError | None = None
 
 
 class DeliveryActivities:
@@ -172,7 +187,7 @@ class DeliveryActivities:
                     attempts=attempts,
                     provider=exc.provider,
                 )
-                _apply_verdict(session, message, subscriber_id, exc)
+                apply_verdict(session, message, subscriber_id, exc)
             raise ApplicationError(
                 str(exc),
                 exc.code,
@@ -212,15 +227,8 @@ class DeliveryActivities:
     def _prepare(
         self, inp: DeliverInput, channel: Channel, attempt: int
     ) -> DeliverResult | tuple[Message, str, list[TrackedLink]]:
-        """Read everything without the write lock; write only for a skip or a broken template.
-
-        Decided here, just before the send, from fresh rows: a stop (cancellation,
-        exit_on), an acknowledgement, the preferences, and quiet hours.
-        """
-        skip: str | None = None
-        stopped: str | None = None
-        quiet: tuple[datetime, str] | None = None
-        template_error: TemplateError | None = None
+        """Read everything without the write lock; write only for a skip, quiet hours or a
+        broken template (see ``decide``)."""
         with read_scope(self.engine) as session:
             ctx = load_context(session, inp.delivery_id)
             if ctx is None:
@@ -228,44 +236,11 @@ class DeliveryActivities:
             if is_final(ctx.delivery):
                 # Finished by an earlier attempt whose completion was lost: never resend.
                 return result_of(ctx.delivery)
-            n = ctx.notification
-            if n.stopped_at is not None:
-                skip = stopped = n.stop_reason or "stopped"
-            elif inp.unless_acknowledged and (inp.acknowledged or n.acknowledged_at is not None):
-                skip = ACKNOWLEDGED
-            elif inp.unless in ENGAGEMENT and (
-                inp.unless in inp.engaged or engaged_before(session, ctx.delivery, inp.unless)
-            ):
-                skip = f"an earlier send was {inp.unless}"
-            elif ctx.suppression is not None:
-                skip = f"email address suppressed: {ctx.suppression.reason}"
-            else:
-                skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
-            if skip is None and not inp.critical and ctx.preference is not None:
-                quiet = _quiet(inp, ctx.preference, ctx.subscriber)
-            if skip is None and quiet is None and ctx.subscriber is not None:
-                try:
-                    digest = (
-                        None
-                        if inp.digest_event_ids is None
-                        else events_in_order(session, inp.digest_event_ids)
-                    )
-                    message = build_message(
-                        inp.step,
-                        delivery_id=inp.delivery_id,
-                        event=ctx.event,
-                        subscriber=ctx.subscriber,
-                        default_locale=inp.default_locale,
-                        digest=digest,
-                    )
-                    links: list[TrackedLink] = []
-                    if self.tracker is not None:
-                        message, links = self.tracker.apply(message, inp.step, ctx.notification)
-                    return message, ctx.subscriber.id, links
-                except NoAddressError as exc:
-                    skip = str(exc)
-                except TemplateError as exc:
-                    template_error = exc
+            d = self.decide(session, inp, channel, ctx)
+        if d.message is not None:
+            assert ctx.subscriber is not None
+            return d.message, ctx.subscriber.id, d.links
+        skip, stopped, quiet, template_error = d.skip, d.stopped, d.quiet, d.template_error
         with session_scope(self.engine) as session:
             if quiet is not None:
                 until, why = quiet
@@ -282,6 +257,56 @@ class DeliveryActivities:
             )
         raise ApplicationError(str(template_error), type=TEMPLATE_ERROR, non_retryable=True)
 
+    def decide(
+        self, session: Session, inp: DeliverInput, channel: Channel, ctx: DeliveryContext
+    ) -> Decision:
+        """Send, skip (and why), defer for quiet hours, or fail on a broken template.
+
+        Decided just before the send, from fresh rows: a stop (cancellation, exit_on), an
+        acknowledgement or engagement, suppression, the preferences and quiet hours.
+        Reads only; the caller writes the outcome.
+        """
+        d = Decision()
+        n = ctx.notification
+        if n.stopped_at is not None:
+            d.skip = d.stopped = n.stop_reason or "stopped"
+        elif inp.unless_acknowledged and (inp.acknowledged or n.acknowledged_at is not None):
+            d.skip = ACKNOWLEDGED
+        elif inp.unless in ENGAGEMENT and (
+            inp.unless in inp.engaged or engaged_before(session, ctx.delivery, inp.unless)
+        ):
+            d.skip = f"an earlier send was {inp.unless}"
+        elif ctx.suppression is not None:
+            d.skip = f"email address suppressed: {ctx.suppression.reason}"
+        else:
+            d.skip = _skip_reason(inp, channel, ctx.subscriber, ctx.preference)
+        if d.skip is None and not inp.critical and ctx.preference is not None:
+            d.quiet = _quiet(inp, ctx.preference, ctx.subscriber)
+        if d.skip is not None or d.quiet is not None or ctx.subscriber is None:
+            return d
+        try:
+            digest = (
+                None
+                if inp.digest_event_ids is None
+                else events_in_order(session, inp.digest_event_ids)
+            )
+            message = build_message(
+                inp.step,
+                delivery_id=inp.delivery_id,
+                event=ctx.event,
+                subscriber=ctx.subscriber,
+                default_locale=inp.default_locale,
+                digest=digest,
+            )
+            if self.tracker is not None:
+                message, d.links = self.tracker.apply(message, inp.step, ctx.notification)
+            d.message = message
+        except NoAddressError as exc:
+            d.skip = str(exc)
+        except TemplateError as exc:
+            d.template_error = exc
+        return d
+
     @activity.defn(name="record_failure")
     def record_failure(self, inp: RecordFailureInput) -> DeliverResult:
         """Mark a delivery failed once Temporal has given up on it (attempts or deadline)."""
@@ -297,7 +322,7 @@ class DeliveryActivities:
             return reopen(session, inp.delivery_id, inp.reason) is not None
 
 
-def _apply_verdict(
+def apply_verdict(
     session: Session, message: Message, subscriber_id: str, exc: PermanentProviderError
 ) -> None:
     """What a permanent error says about the subscriber, remembered so it is not repeated."""

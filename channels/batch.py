@@ -25,7 +25,7 @@ def send_all(
     messages: Sequence[Message],
     *,
     concurrency: int,
-    before_each: Callable[[], None] | None = None,
+    before_each: Callable[[], object] | None = None,
 ) -> list[Outcome]:
     """One outcome per message, in order; raises TransientProviderError if every one is.
 
@@ -76,7 +76,7 @@ def _pooled(
     adapter: ChannelAdapter,
     messages: Sequence[Message],
     concurrency: int,
-    before_each: Callable[[], None] | None,
+    before_each: Callable[[], object] | None,
 ) -> list[Outcome]:
     def one(message: Message) -> Outcome:
         if before_each is not None:

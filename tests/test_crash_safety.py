@@ -174,6 +174,23 @@ async def test_temporal_restart_mid_run_loses_nothing(
     assert duplicates <= IN_FLIGHT
 
 
+def personalized(provider: FakeProvider) -> Counter[str]:
+    """Recipients of a broadcast's batch requests (one personalization each), by subject."""
+    return Counter(
+        p["subject"]
+        for r in provider.requests("sendgrid")
+        if r.status == 202
+        for p in r.json["personalizations"]
+    )
+
+
+async def until_personalized(provider: FakeProvider, count: int, within: float) -> None:
+    for _ in range(int(within * 20)):
+        if len(personalized(provider)) >= count:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_worker_sigkill_mid_broadcast_skips_nobody(
     cluster: tuple[Cluster, httpx.AsyncClient], fresh_provider: FakeProvider
 ) -> None:
@@ -193,17 +210,18 @@ async def test_worker_sigkill_mid_broadcast_skips_nobody(
     r = await http.post("/v1/broadcasts", json=body)
     assert r.status_code == 202, r.text
 
-    await until_delivered(fresh_provider, EVENTS // 3, within=60)
+    await until_personalized(fresh_provider, EVENTS // 3, within=60)
     os.killpg(worker.pid, signal.SIGKILL)  # mid-broadcast: a batch or its sends in flight
     worker.wait(10)
-    killed_at = len(delivered(fresh_provider))
+    killed_at = len(personalized(fresh_provider))
     assert killed_at < EVENTS, "the broadcast finished before the kill; nothing was proven"
     c.start_worker()
-    await until_delivered(fresh_provider, EVENTS, within=180)
+    await until_personalized(fresh_provider, EVENTS, within=180)
 
-    counts = delivered(fresh_provider)
+    counts = personalized(fresh_provider)
     lost = sorted(set(ids) - set(counts))
     duplicates = sum(v - 1 for v in counts.values())
     sys.stderr.write(f"broadcast SIGKILL after {killed_at}: lost {len(lost)}, dup {duplicates}\n")
     assert lost == []
-    assert duplicates <= IN_FLIGHT
+    # At most the chunk in flight when the worker died goes out again (a batch of 20 here).
+    assert duplicates <= 20

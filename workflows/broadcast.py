@@ -23,6 +23,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.batch_delivery import BatchDeliverInput, BatchDeliverResult, BatchDelivery
     from activities.broadcast import (
         BroadcastActivities,
         EnrolledItem,
@@ -35,11 +36,22 @@ with workflow.unsafe.imports_passed_through():
         ZoneFire,
         ZonesInput,
     )
-    from activities.policies import ENROLL_RETRY, ENROLL_TIMEOUT, RECORD_RETRY, RECORD_TIMEOUT
+    from activities.policies import (
+        ENROLL_RETRY,
+        ENROLL_TIMEOUT,
+        RECORD_RETRY,
+        RECORD_TIMEOUT,
+        delivery_retry,
+    )
+    from core.flows import FlowDefinition, SendStep, is_send
+    from core.types import Channel
     from workflows.notification import NotificationWorkflow, identifying_attributes, summary
     from workflows.types import BroadcastInput, BroadcastResult, NotificationInput, ZonePlan
 
 SA_BROADCAST = SearchAttributeKey.for_keyword("HeraldBroadcast")
+# One batch's sends (up to 1,000 recipients; SMS at the channel's rate) per attempt.
+BATCH_SEND_TIMEOUT = timedelta(minutes=10)
+BATCH_HEARTBEAT = timedelta(seconds=30)
 # Batches per run before continue-as-new: each batch adds ~2 history events per recipient.
 BATCHES_PER_RUN = 10
 
@@ -197,11 +209,55 @@ class BroadcastWorkflow:
         )
 
     async def _start(self, inp: BroadcastInput, result: EnrollResult) -> None:
-        """Start the batch's notifications, a bounded number at a time."""
+        """Send the batch: sends-only flows through the providers' batch APIs, the rest
+        (timers, conditions) as one notification workflow per recipient."""
+        slow = [i for i in result.items if not _fast(result.flows[i.flow_key])]
+        fast = [i for i in result.items if _fast(result.flows[i.flow_key])]
+        deferred: set[str] = set()
+        if fast:
+            deferred = await self._send_batches(inp, result, fast)
+        later = slow + [i for i in fast if deferred.intersection(filter(None, i.delivery_ids))]
         step = max(1, inp.starts_in_flight)
-        for i in range(0, len(result.items), step):
-            chunk = result.items[i : i + step]
+        for i in range(0, len(later), step):
+            chunk = later[i : i + step]
             await asyncio.gather(*(self._child(inp, result, item) for item in chunk))
+
+    async def _send_batches(
+        self, inp: BroadcastInput, result: EnrollResult, items: list[EnrolledItem]
+    ) -> set[str]:
+        """One activity per flow and send step, on the channel's queue and retry policy;
+        returns the deliveries that quiet hours deferred."""
+        calls = []
+        for key in dict.fromkeys(i.flow_key for i in items):
+            flow = result.flows[key]
+            members = [i for i in items if i.flow_key == key]
+            for index, step in enumerate(flow.steps):
+                assert isinstance(step, SendStep)
+                ids = [d for i in members if (d := i.delivery_ids[index]) is not None]
+                channel = Channel(step.channel)
+                policy = inp.template.retry[channel].merged(step.retry)
+                calls.append(
+                    workflow.execute_activity_method(
+                        BatchDelivery.deliver_batch,
+                        BatchDeliverInput(
+                            flow_key=key,
+                            category=flow.category,
+                            critical=flow.critical,
+                            default_locale=flow.default_locale,
+                            step=step,
+                            delivery_ids=ids,
+                            now=workflow.now(),
+                        ),
+                        task_queue=inp.template.channel_queues[channel],
+                        start_to_close_timeout=BATCH_SEND_TIMEOUT,
+                        # A worker killed mid-batch is noticed within this, not 10 minutes.
+                        heartbeat_timeout=BATCH_HEARTBEAT,
+                        retry_policy=delivery_retry(policy),
+                        summary=f"{channel.value} to {len(ids):,} ({key}, step {index + 1})",
+                    )
+                )
+        sent: list[BatchDeliverResult] = await asyncio.gather(*calls)
+        return {d for r in sent for d in r.deferred}
 
     async def _child(self, inp: BroadcastInput, result: EnrollResult, item: EnrolledItem) -> None:
         child: NotificationInput = inp.template.model_copy(
@@ -227,3 +283,8 @@ class BroadcastWorkflow:
                 search_attributes=TypedSearchAttributes(attributes),
                 static_summary=f"{summary(child)} [broadcast {inp.broadcast_id}]",
             )
+
+
+def _fast(flow: FlowDefinition) -> bool:
+    """Sends only, with no condition and no digest: nothing a workflow per person adds."""
+    return all(is_send(s) and getattr(s, "unless", None) is None for s in flow.steps)

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.batch_delivery import BatchDelivery
 from activities.broadcast import BroadcastActivities
 from activities.delivery import DeliveryActivities
 from activities.orchestration import FlowActivities
@@ -51,6 +52,7 @@ def build_workers(
     pacers = {c: Pacer(rate) for c in Channel if (rate := settings.rate_limit_for(c)) is not None}
     acts = DeliveryActivities(engine, {}, pacers, Tracker(settings))
     acts.adapters = build_adapters(settings, acts.sandbox_sink)
+    batch = BatchDelivery(acts)
     flow_acts = FlowActivities(engine)
     broadcast_acts = BroadcastActivities(engine)
     workers: list[Worker] = []
@@ -85,7 +87,7 @@ def build_workers(
                 Worker(
                     client,
                     task_queue=settings.channel_task_queue(Channel(queue)),
-                    activities=[acts.deliver],
+                    activities=[acts.deliver, batch.deliver_batch],
                     activity_executor=executor,
                     max_concurrent_activities=per_queue,
                     # Enforced by the server for the whole queue, so it holds across

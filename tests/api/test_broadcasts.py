@@ -24,6 +24,16 @@ async def _topic(herald: Herald, members: list[dict[str, Any]], key: str = "beta
     assert r.status_code in (200, 201, 202), r.text
 
 
+def _emailed(provider: FakeProvider) -> list[str]:
+    """Every recipient of every SendGrid request (a batch has many personalizations)."""
+    return [
+        p["to"][0]["email"]
+        for r in provider.requests("sendgrid")
+        if r.status == 202
+        for p in r.json["personalizations"]
+    ]
+
+
 def _members(n: int, **fields: Any) -> list[dict[str, Any]]:
     prefix = unique("m")
     return [
@@ -69,15 +79,71 @@ async def test_every_member_gets_it_once_across_batches_and_runs(
     assert done["status"] == "completed"
     assert (done["enrolled"], done["scanned"]) == (125, 125)
     assert done["counts"] == {"sent": 125, "failed": 0, "pending": 0, "skipped": {}}
-    sent_to = [
-        r.json["personalizations"][0]["to"][0]["email"] for r in fresh_provider.requests("sendgrid")
-    ]
-    assert sorted(sent_to) == sorted(m["email"] for m in members)
-    # Every notification carries HeraldBroadcast; the broadcast itself ran twice
-    # (continue-as-new after 10 batches), each run findable in the UI too.
+    assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in members)
+    # Sends only: the fast path, one SendGrid request per batch of 10 personalizations
+    # (the subject differs per person, the body does not), and no workflow per person.
+    requests = fresh_provider.requests("sendgrid")
+    assert [len(r.json["personalizations"]) for r in requests] == [10] * 12 + [5]
+    first = requests[0].json["personalizations"][0]
+    assert first["subject"].startswith("News for N")
+    assert first["custom_args"]["herald_delivery_id"].startswith("dlv_")
+    # The broadcast ran twice (continue-as-new after 10 batches), each run in the UI.
     tagged = f'HeraldTenant="{herald.tenant}" AND HeraldBroadcast="{created["id"]}"'
-    await visible(herald.client, f'{tagged} AND WorkflowType="NotificationWorkflow"', 125)
     await visible(herald.client, f'{tagged} AND WorkflowType="BroadcastWorkflow"', 2)
+
+
+async def test_a_flow_with_a_delay_gets_a_workflow_per_recipient(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    steps = [{"type": "delay", "duration": "PT1S"}, EMAIL]
+    await herald.put_flow("drip", event_type="drip.start", steps=steps)
+    members = _members(6)
+    await _topic(herald, members)
+
+    created = await _broadcast(herald, flow="drip", audience={"topic": "beta"})
+    done = await _until_done(herald, created["id"])
+
+    assert done["counts"]["sent"] == 6
+    assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in members)
+    tagged = f'HeraldTenant="{herald.tenant}" AND HeraldBroadcast="{created["id"]}"'
+    await visible(herald.client, f'{tagged} AND WorkflowType="NotificationWorkflow"', 6)
+
+
+async def test_quiet_hours_hand_a_recipient_to_its_own_workflow(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    await herald.put_flow("promo", event_type="promo.quiet", steps=[EMAIL])
+    members = _members(3)
+    await _topic(herald, members)
+    now = datetime.now(UTC)
+    quiet = {
+        "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+        "end": (now + timedelta(hours=2)).strftime("%H:%M"),
+    }
+    sleeper = members[0]["id"]
+    r = await herald.http.put(f"/v1/subscribers/{sleeper}/preferences", json={"quiet_hours": quiet})
+    assert r.status_code == 200, r.text
+
+    created = await _broadcast(herald, flow="promo", audience={"topic": "beta"})
+    handle = herald.client.get_workflow_handle(created["workflow_id"])
+    await asyncio.wait_for(handle.result(), 30)
+
+    assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in members[1:])
+    (n,) = await visible(
+        herald.client,
+        f'HeraldBroadcast="{created["id"]}" AND WorkflowType="NotificationWorkflow"',
+        1,
+    )
+    assert n.endswith(f"/{sleeper}")
+    deadline = asyncio.get_running_loop().time() + 20
+    while (body := (await herald.http.get(f"/v1/broadcasts/{created['id']}")).json())["counts"][
+        "pending"
+    ] != 1 or body["counts"]["sent"] != 2:
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.2)
+    event = (await herald.http.get(f"/v1/events/{created['event_id']}")).json()
+    (waiting,) = [x for x in event["notifications"] if x["subscriber_id"] == sleeper]
+    assert waiting["deliveries"][0]["status"] == "scheduled"
 
 
 async def test_filters_opt_outs_and_idempotency(
@@ -107,10 +173,7 @@ async def test_filters_opt_outs_and_idempotency(
     assert created["total"] == 4
     assert done["counts"]["sent"] == 3
     assert done["counts"]["skipped"] == {"opted out of the topic": 1}
-    sent_to = {
-        r.json["personalizations"][0]["to"][0]["email"] for r in fresh_provider.requests("sendgrid")
-    }
-    assert sent_to == {m["email"] for m in german[1:]}
+    assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in german[1:])
 
 
 async def test_pause_resume_and_cancel(herald: Herald, fresh_provider: FakeProvider) -> None:
@@ -137,7 +200,7 @@ async def test_pause_resume_and_cancel(herald: Herald, fresh_provider: FakeProvi
     assert r.json()["status"] == "running"
     done = await _until_done(herald, paused["id"])
     assert done["counts"]["sent"] == 5
-    assert len(fresh_provider.requests("sendgrid")) == 5
+    assert len(_emailed(fresh_provider)) == 5
 
 
 async def test_bad_requests_name_the_field(herald: Herald) -> None:
