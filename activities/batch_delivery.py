@@ -31,6 +31,7 @@ from store.db import read_scope, session_scope
 from store.deliveries import is_final, load_contexts, transition
 from store.engagement import save_links
 from store.lifecycle import mark_sent
+from store.rollups import Increments
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class BatchDelivery:
         retry_after: float | None = None
         unsent = 0
         attempt = activity.info().attempt
+        incs = Increments()
         with session_scope(self.single.engine) as session:
             for (delivery_id, subscriber_id, message), outcome in zip(sends, outcomes, strict=True):
                 if isinstance(outcome, SendResult):
@@ -138,6 +140,7 @@ class BatchDelivery:
                         provider=outcome.provider,
                         provider_message_id=outcome.provider_message_id,
                         delivered=outcome.delivered,
+                        incs=incs,
                     )
                     result.sent += 1
                 elif isinstance(outcome, PermanentProviderError):
@@ -154,6 +157,7 @@ class BatchDelivery:
                 else:
                     unsent += 1
                     retry_after = max(retry_after or 0.0, outcome.retry_after or 0.0) or None
+            incs.flush(session)
         if unsent:
             # What went out is recorded; the retry sends only the rest.
             raise _transient(f"{unsent} of {len(sends)} {channel.value} sends failed", retry_after)

@@ -111,8 +111,12 @@ def mark_sent(
     provider: str,
     provider_message_id: str,
     delivered: bool = False,
+    incs: Increments | None = None,
 ) -> Delivery:
-    """The provider accepted the message; count it, and apply anything heard of it early."""
+    """The provider accepted the message; count it, and apply anything heard of it early.
+
+    A batch passes its own ``incs`` and flushes them once: one rollup upsert per batch.
+    """
     now = utcnow()
     row = try_transition(
         session,
@@ -129,7 +133,8 @@ def mark_sent(
         if current is None:
             raise LookupError(f"delivery {delivery_id} does not exist")
         return current
-    incs = Increments()
+    own = incs is None
+    incs = Increments() if incs is None else incs
     key = rollup_key(row, flow_key, category)
     assert key is not None
     incs.add(key, "sent")
@@ -143,7 +148,8 @@ def mark_sent(
     for obs in sorted(pending, key=lambda o: o.occurred_at or now):
         _apply(row, obs, incs, flow_key, category)
     session.add(row)
-    incs.flush(session)
+    if own:
+        incs.flush(session)
     return row
 
 

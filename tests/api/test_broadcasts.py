@@ -87,6 +87,9 @@ async def test_every_member_gets_it_once_across_batches_and_runs(
     first = requests[0].json["personalizations"][0]
     assert first["subject"].startswith("News for N")
     assert first["custom_args"]["herald_delivery_id"].startswith("dlv_")
+    # Counted in the analytics rollups like any send: one upsert per batch, not per person.
+    analytics = (await herald.http.get("/v1/analytics", params={"group_by": "flow"})).json()
+    assert [(g["key"], g["sent"]) for g in analytics["groups"]] == [("newsletter", 125)]
     # The broadcast ran twice (continue-as-new after 10 batches), each run in the UI.
     tagged = f'HeraldTenant="{herald.tenant}" AND HeraldBroadcast="{created["id"]}"'
     await visible(herald.client, f'{tagged} AND WorkflowType="BroadcastWorkflow"', 2)
