@@ -146,6 +146,19 @@ class BroadcastError(ValueError):
         self.field = field
 
 
+def check_broadcast(
+    session: Session, tenant_id: str, body: BroadcastCreate, audience: Audience
+) -> list[Flow]:
+    """The flows a broadcast request runs; BroadcastError names what does not exist."""
+    flows = resolve_flows(session, tenant_id, body.flow, body.event_type)
+    if not flows:
+        field = "flow" if body.flow is not None else "event_type"
+        raise BroadcastError([field], f"no flow for {body.flow or body.event_type!r}")
+    if not topic_exists(session, tenant_id, audience.topic):
+        raise BroadcastError(["audience", "topic"], f"topic {audience.topic!r} does not exist")
+    return flows
+
+
 def open_broadcast(
     session: Session,
     tenant_id: str,
@@ -156,12 +169,7 @@ def open_broadcast(
     workflow_id_for: Any,
 ) -> tuple[Broadcast, bool]:
     """Check the flows and the topic, count the audience, store the broadcast."""
-    flows = resolve_flows(session, tenant_id, body.flow, body.event_type)
-    if not flows:
-        field = "flow" if body.flow is not None else "event_type"
-        raise BroadcastError([field], f"no flow for {body.flow or body.event_type!r}")
-    if not topic_exists(session, tenant_id, audience.topic):
-        raise BroadcastError(["audience", "topic"], f"topic {audience.topic!r} does not exist")
+    flows = check_broadcast(session, tenant_id, body, audience)
     return create_broadcast(
         session,
         tenant_id,

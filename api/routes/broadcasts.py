@@ -54,18 +54,7 @@ async def create_broadcast(
     gateway: GatewayDep,
 ) -> JSONResponse:
     """Send one event's flow(s) to every member of an audience (a topic, maybe filtered)."""
-    if (body.event_type is None) == (body.flow is None):
-        raise field_error(["body", "flow"], "give exactly one of flow or event_type")
-    try:
-        audience = Audience.model_validate(body.audience)
-    except ValidationError as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {**e, "loc": ["body", "audience", *e["loc"]]}
-                for e in exc.errors(include_url=False, include_context=False)
-            ],
-        ) from exc
+    audience = checked_audience(body, ["body"])
     if body.send_at is not None and body.send_at.tzinfo is None:
         raise field_error(["body", "send_at"], "needs a timezone, e.g. 2026-12-01T09:00:00Z")
     row, created, template = await run_in_threadpool(
@@ -110,6 +99,22 @@ async def control_broadcast(
     row = await run_in_threadpool(_control, engine, tenant, broadcast_id, new)
     await signal_quietly(gateway, row.workflow_id, action)
     return await run_in_threadpool(_public, engine, tenant, broadcast_id)
+
+
+def checked_audience(body: q.BroadcastCreate, loc: list[str | int]) -> Audience:
+    """Exactly one of flow or event_type, and a valid audience; 422s under ``loc``."""
+    if (body.event_type is None) == (body.flow is None):
+        raise field_error([*loc, "flow"], "give exactly one of flow or event_type")
+    try:
+        return Audience.model_validate(body.audience)
+    except ValidationError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {**e, "loc": [*loc, "audience", *e["loc"]]}
+                for e in exc.errors(include_url=False, include_context=False)
+            ],
+        ) from exc
 
 
 def _create(

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from temporalio.client import (
     Client,
@@ -25,12 +25,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import schedules as s
 from api.deps import EngineDep, GatewayDep, SettingsDep, TenantDep, field_error
-from api.routes.broadcasts import notification_template
+from api.routes.broadcasts import checked_audience, notification_template
 from api.temporal import TemporalGateway, TemporalUnavailableError
-from core.audience import Audience
-from store.broadcasts import BroadcastCreate, resolve_flows
+from store.broadcasts import BroadcastCreate, BroadcastError, check_broadcast
 from store.db import read_scope
-from store.topics import topic_exists
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
@@ -193,31 +191,15 @@ def _unavailable() -> HTTPException:
 def _check_broadcast(engine: Engine, tenant: str, body: BroadcastCreate) -> str:
     """The checks POST /v1/broadcasts makes, without storing anything; the event type."""
     loc: list[str | int] = ["body", "broadcast"]
-    if (body.event_type is None) == (body.flow is None):
-        raise field_error([*loc, "flow"], "give exactly one of flow or event_type")
+    audience = checked_audience(body, loc)
     if body.send_at is not None:
         raise field_error([*loc, "send_at"], "a scheduled broadcast is sent when the schedule runs")
     if body.idempotency_key is not None:
         raise field_error(
             [*loc, "idempotency_key"], "each run is its own broadcast, keyed by its workflow id"
         )
-    try:
-        audience = Audience.model_validate(body.audience)
-    except ValidationError as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {**e, "loc": [*loc, "audience", *e["loc"]]}
-                for e in exc.errors(include_url=False, include_context=False)
-            ],
-        ) from exc
     with read_scope(engine) as session:
-        flows = resolve_flows(session, tenant, body.flow, body.event_type)
-        if not flows:
-            field = "flow" if body.flow is not None else "event_type"
-            raise field_error([*loc, field], f"no flow for {body.flow or body.event_type!r}")
-        if not topic_exists(session, tenant, audience.topic):
-            raise field_error(
-                [*loc, "audience", "topic"], f"topic {audience.topic!r} does not exist"
-            )
-        return flows[0].event_type
+        try:
+            return check_broadcast(session, tenant, body, audience)[0].event_type
+        except BroadcastError as exc:
+            raise field_error([*loc, *exc.field], str(exc)) from exc
