@@ -15,6 +15,7 @@ from temporalio.client import Client
 
 from api.deps import EngineDep, GatewayDep
 from api.dispatch import Dispatcher
+from api.recorder import ObservationRecorder
 from api.routes import (
     analytics,
     broadcasts,
@@ -52,14 +53,18 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             await gateway.client()  # learn now whether Temporal is there; 503s follow if not
         dispatcher = Dispatcher(engine, gateway, settings)
         await dispatcher.start()
+        recorder = ObservationRecorder(engine, gateway)  # pixel and click hits
+        await recorder.start()
         app.state.settings = settings
         app.state.engine = engine
         app.state.temporal = gateway
         app.state.dispatcher = dispatcher
+        app.state.recorder = recorder
         app.state.key_cache = {}
         try:
             yield
         finally:
+            await recorder.stop()  # queued hits are written before the engine goes
             await dispatcher.stop()
             engine.dispose()
 

@@ -1,8 +1,10 @@
 """Herald's own open pixel, click links and RFC 8058 one-click unsubscribe.
 
 No API key: mail clients, browsers and mailbox providers call these. Tokens are signed
-(``core.tracking``), so a forged one costs no database work. Engagement signals to
-workflows run after the response, so Temporal never slows a pixel or a redirect down.
+(``core.tracking``), so a forged one costs no database work. Opens and clicks are queued
+for ``api.recorder``, which writes them in batches off the request path and then signals
+waiting workflows: neither the write lock nor Temporal slows a pixel or a redirect down.
+The unsubscribe POST is recorded in the request: a person waits for its confirmation.
 
 - ``GET /t/o/{token}.gif``: the open pixel; ``GET /t/o/{token}`` is the same for apps.
 - ``GET /t/c/{token}``: a click, answered with 302 to the stored URL.
@@ -14,14 +16,16 @@ from __future__ import annotations
 import base64
 import html
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
 
 from api.deps import EngineDep, GatewayDep, SettingsDep
 from api.engagement import signal_reached
+from api.recorder import ObservationRecorder
 from api.temporal import TemporalGateway
 from core.lifecycle import Kind, Observation, Source
 from core.settings import Settings
@@ -43,6 +47,14 @@ NO_CACHE = {
 PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
 
 
+def _recorder(request: Request) -> ObservationRecorder:
+    recorder: ObservationRecorder = request.app.state.recorder
+    return recorder
+
+
+RecorderDep = Annotated[ObservationRecorder, Depends(_recorder)]
+
+
 def _verify(settings: Settings, kind: TokenKind, token: str) -> str | None:
     return Signer(settings.tracking_secret.get_secret_value()).verify(kind, token)
 
@@ -57,13 +69,7 @@ async def _record(
 
 
 @router.get("/t/o/{token}")
-async def open_pixel(
-    token: str,
-    settings: SettingsDep,
-    engine: EngineDep,
-    gateway: GatewayDep,
-    tasks: BackgroundTasks,
-) -> Response:
+async def open_pixel(token: str, settings: SettingsDep, recorder: RecorderDep) -> Response:
     """Always the GIF, whatever the token: a broken image helps nobody."""
     pixel = token.endswith(".gif")
     delivery_id = _verify(settings, TokenKind.OPEN, token.removesuffix(".gif"))
@@ -71,34 +77,31 @@ async def open_pixel(
         # The pixel in an email, or the bare link a push app reports its open with.
         obs = Observation(Kind.OPENED, Source.PIXEL if pixel else Source.APP, delivery_id)
         try:
-            await _record(engine, gateway, tasks, obs)
-        except Exception:
+            await recorder.submit(obs)
+        except Exception:  # only when the queue was full and the database failed too
             log.exception("could not record the open of delivery %s", delivery_id)
     return Response(GIF, media_type="image/gif", headers=NO_CACHE)
 
 
 @router.get("/t/c/{token}")
 async def click(
-    token: str,
-    settings: SettingsDep,
-    engine: EngineDep,
-    gateway: GatewayDep,
-    tasks: BackgroundTasks,
+    token: str, settings: SettingsDep, engine: EngineDep, recorder: RecorderDep
 ) -> RedirectResponse:
     """302 to the URL stored for the link, never to anything the request carries."""
     link_id = _verify(settings, TokenKind.CLICK, token)
     if link_id is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown link")
-    link = await run_in_threadpool(find_link, engine, link_id)
+    link = await run_in_threadpool(find_link, engine, link_id)  # a read: no write lock
     if link is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown link")
     obs = Observation(
         Kind.CLICKED, Source.LINK, link.delivery_id, tenant_id=link.tenant_id, url=link.url
     )
     try:
-        await _record(engine, gateway, tasks, obs)
+        await recorder.submit(obs)
     except Exception:
-        # The reader still gets where they were going.
+        # Only when the queue was full and the database failed too: the reader still gets
+        # where they were going.
         log.exception("could not record a click on delivery %s", link.delivery_id)
     return RedirectResponse(link.url, status.HTTP_302_FOUND, headers=PRIVATE)
 

@@ -70,6 +70,11 @@ def is_unsubscribe_header(herald: Herald, value: str) -> bool:
     return re.fullmatch(rf"<{re.escape(herald.settings.base_url)}/u/[^>]+>", value) is not None
 
 
+async def recorded(herald: Herald) -> None:
+    """Opens and clicks are written off the request path: wait until they are."""
+    await herald.app.state.recorder.flush()
+
+
 def assert_pixel(r: Response) -> None:
     assert r.status_code == 200
     assert r.content == GIF and r.content.startswith(b"GIF89a")
@@ -97,6 +102,7 @@ async def test_email_links_pixel_and_headers_round_trip(
     )
 
     assert_pixel(await herald.http.get(path(herald, pixel), headers={"Authorization": ""}))
+    await recorded(herald)
     opened = await herald.delivery(d["id"])
     assert opened["status"] == "opened"
     assert opened["opened_at"] is not None
@@ -105,6 +111,7 @@ async def test_email_links_pixel_and_headers_round_trip(
     r = await herald.http.get(path(herald, click), headers={"Authorization": ""})
     assert r.status_code == 302
     assert r.headers["location"] == ORDER_URL
+    await recorded(herald)
     clicked = await herald.delivery(d["id"])
     assert clicked["status"] == "clicked"
     assert [c["url"] for c in clicked["clicks"]] == [ORDER_URL]
@@ -132,6 +139,7 @@ async def test_tampered_and_unknown_links_get_404_and_no_redirect(
         r = await herald.http.get(url)
         assert r.status_code == 404, url
         assert "location" not in r.headers
+    await recorded(herald)
     after = await herald.delivery(d["id"])
     assert after["status"] == "sent"
     assert after["clicks"] == []
@@ -285,6 +293,7 @@ async def test_sms_links_are_tracked_when_the_step_asks(
     assert body == text.replace("https://shop.test/o/7", short)
     r = await herald.http.get(path(herald, short))
     assert (r.status_code, r.headers["location"]) == (302, "https://shop.test/o/7")
+    await recorded(herald)
     assert (await herald.delivery(tracked["id"]))["status"] == "clicked"
     assert (await herald.delivery(plain["id"]))["status"] == "sent"
 
@@ -298,6 +307,7 @@ async def test_push_data_carries_a_signed_open_link(
     assert data["herald_delivery_id"] == d["id"]
     open_url = data["herald_open_url"]
     assert_pixel(await herald.http.get(path(herald, open_url), headers={"Authorization": ""}))
+    await recorded(herald)
     opened = await herald.delivery(d["id"])
     assert opened["status"] == "opened"
     assert ("opened", "app") in [(e["status"], e["source"]) for e in opened["timeline"]]
