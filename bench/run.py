@@ -218,6 +218,7 @@ class Bench:
             "HERALD_TEMPORAL_ADDRESS": self.temporal_addr,
             "HERALD_API_KEYS": f"{API_KEY}:bench",
             "HERALD_PUBLIC_URL": f"http://127.0.0.1:{aport}",  # tracking links, callbacks
+            "HERALD_BROADCAST_BATCH_SIZE": "1000",  # bench.broadcast: SendGrid's request size
             **{f"HERALD_{k.upper()}": str(v) for k, v in overrides.items()},
         }
         self.raw_queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
@@ -454,7 +455,21 @@ TARGETS = [
     ("analytics 1M, slowest p50 (ms)", lambda r: r["analytics"]["slowest_p50_ms"], "<=", 200),
     ("analytics 1M, slowest max (ms)", lambda r: r["analytics"]["slowest_max_ms"], "<=", 200),
     ("analytics totals mismatches", lambda r: r["analytics"]["mismatches"], "<=", 0),
+    ("broadcast import (s)", lambda r: r["broadcast"]["import"]["seconds"], "<=", 30),
+    (
+        "broadcast recipients/s",
+        lambda r: r["broadcast"]["fast"]["recipients_per_s"],
+        ">=",
+        2000,
+    ),
+    ("broadcast worker peak RSS (MB)", lambda r: r["broadcast"]["worker_peak_rss_mb"], "<=", 300),
+    ("broadcast missed (all runs)", lambda r: _broadcast_missed(r), "<=", 0),
 ]
+
+
+def _broadcast_missed(r: dict[str, Any]) -> int:
+    b = r["broadcast"]
+    return int(sum(b[run]["missed"] for run in ("fast", "crash", "delay")))
 
 
 def table(r: dict[str, Any]) -> str:
@@ -467,10 +482,10 @@ def table(r: dict[str, Any]) -> str:
         met = value >= target if op == ">=" else value <= target
         lines.append(f"{name:<34} {value:>10} {op + str(target):>10}  {'yes' if met else 'NO'}")
     lines.append("")
-    from bench import engagement  # imports this module
+    from bench import broadcast, engagement  # import this module
 
     if "raw" not in r:
-        return "\n".join(lines + engagement.lines(r))
+        return "\n".join(lines + engagement.lines(r) + broadcast.lines(r))
     for scen in ("raw", "raw_split", "transactional", "multichannel", "raw_after"):
         s = r[scen]
         lines.append(
@@ -504,7 +519,7 @@ def table(r: dict[str, Any]) -> str:
     )
     m = r["memory"]
     lines.append(f"peak RSS: worker {m['worker_peak_rss_mb']} MB, API {m['api_peak_rss_mb']} MB")
-    return "\n".join([*lines, "", *engagement.lines(r)])
+    return "\n".join([*lines, "", *engagement.lines(r), *broadcast.lines(r)])
 
 
 def say(msg: str) -> None:
@@ -513,7 +528,7 @@ def say(msg: str) -> None:
 
 
 async def _main() -> int:
-    from bench import engagement  # imports this module
+    from bench import broadcast, engagement  # import this module
 
     # HERALD_BENCH_ONLY=engagement: only tracking, SendGrid batches and analytics (or some
     # of them: HERALD_BENCH_ONLY=tracking,sendgrid,analytics).
@@ -531,7 +546,10 @@ async def _main() -> int:
                 await bench.scenario("raw_after", bench.raw_one, best)
                 await bench.scenario_burst()
                 bench.memory()
-            await engagement.run(bench, only)
+            if only != "broadcast":
+                await engagement.run(bench, only)
+            if not only or "broadcast" in only.split(","):
+                await broadcast.run(bench)
         except Exception:
             for proc in bench.procs.values():
                 tail = proc.log_path.read_text(errors="replace")[-2000:]
