@@ -30,7 +30,7 @@ from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
 from store.deliveries import is_final, load_contexts, transition
 from store.engagement import save_links
-from store.lifecycle import mark_sent
+from store.lifecycle import Sent, mark_sent, mark_sent_many
 from store.rollups import Increments
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,14 @@ class BatchDelivery:
         unsent = 0
         attempt = activity.info().attempt
         incs = Increments()
+        accepted: list[Sent] = []
         with session_scope(self.single.engine) as session:
             for (delivery_id, subscriber_id, message), outcome in zip(sends, outcomes, strict=True):
-                if isinstance(outcome, SendResult):
+                if isinstance(outcome, SendResult) and not outcome.delivered:
+                    accepted.append(
+                        Sent(delivery_id, outcome.provider, outcome.provider_message_id)
+                    )
+                elif isinstance(outcome, SendResult):  # a webhook's 2xx: delivered too
                     mark_sent(
                         session,
                         delivery_id,
@@ -139,7 +144,7 @@ class BatchDelivery:
                         attempts=attempt,
                         provider=outcome.provider,
                         provider_message_id=outcome.provider_message_id,
-                        delivered=outcome.delivered,
+                        delivered=True,
                         incs=incs,
                     )
                     result.sent += 1
@@ -157,6 +162,15 @@ class BatchDelivery:
                 else:
                     unsent += 1
                     retry_after = max(retry_after or 0.0, outcome.retry_after or 0.0) or None
+            mark_sent_many(
+                session,
+                accepted,
+                flow_key=inp.flow_key,
+                category=inp.category,
+                attempts=attempt,
+                incs=incs,
+            )
+            result.sent += len(accepted)
             incs.flush(session)
         if unsent:
             # What went out is recorded; the retry sends only the rest.

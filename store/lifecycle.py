@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from sqlalchemy import insert, update
 from sqlalchemy import select as sa_select
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -20,10 +21,10 @@ from sqlmodel import Session, col
 from core.lifecycle import REACHES, Kind, Observation, Source, furthest
 from core.types import Channel, DeliveryStatus
 from store.db import session_scope
-from store.deliveries import try_transition
+from store.deliveries import FINAL, try_transition
 from store.engagement import suppress
 from store.models import Delivery, DeliveryEvent, Notification, Subscriber, utcnow
-from store.rollups import Increments, rollup_key
+from store.rollups import Increments, RollupKey, hour_of, rollup_key
 from store.subscribers import opt_out_category
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,87 @@ def mark_sent(
     if own:
         incs.flush(session)
     return row
+
+
+@dataclass(frozen=True)
+class Sent:
+    delivery_id: str
+    provider: str
+    provider_message_id: str
+
+
+def mark_sent_many(
+    session: Session,
+    sends: list[Sent],
+    *,
+    flow_key: str,
+    category: str,
+    attempts: int,
+    incs: Increments,
+) -> int:
+    """``mark_sent`` for a broadcast batch: one UPDATE and one INSERT per provider message
+    id (a SendGrid request's recipients share one), not a statement per recipient.
+
+    The same guard holds: a delivery already final is left alone. Returns how many moved.
+    """
+    now = utcnow()
+    groups: dict[tuple[str, str], list[str]] = {}
+    for item in sends:
+        groups.setdefault((item.provider, item.provider_message_id), []).append(item.delivery_id)
+    moved = 0
+    for (provider, message_id), ids in groups.items():
+        stmt = (
+            update(Delivery)
+            .where(col(Delivery.id).in_(ids), col(Delivery.status).not_in(FINAL))
+            .values(
+                status=DeliveryStatus.SENT.value,
+                attempts=attempts,
+                reason=None,
+                provider=provider,
+                provider_message_id=message_id,
+                sent_at=now,
+                updated_at=now,
+            )
+            .returning(
+                col(Delivery.id),
+                col(Delivery.tenant_id),
+                col(Delivery.channel),
+                col(Delivery.early_events),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        rows = session.execute(stmt).all()
+        if not rows:
+            continue
+        moved += len(rows)
+        session.execute(
+            insert(DeliveryEvent),
+            [
+                {
+                    "tenant_id": tenant,
+                    "delivery_id": delivery_id,
+                    "status": DeliveryStatus.SENT.value,
+                    "source": "herald",
+                    "created_at": now,
+                }
+                for delivery_id, tenant, _, _ in rows
+            ],
+        )
+        for delivery_id, tenant, channel, early in rows:
+            key = RollupKey(tenant, hour_of(now), flow_key, channel, provider, category)
+            incs.add(key, "sent")
+            if early:  # heard of before the send was recorded: apply it now
+                row = session.get(Delivery, delivery_id, populate_existing=True)
+                assert row is not None
+                for obs in sorted(_stored_observations(session, delivery_id), key=_when):
+                    _apply(row, obs, incs, flow_key, category)
+                row.early_events = False
+                session.add(row)
+    return moved
+
+
+def _when(obs: Observation) -> datetime:
+    return obs.occurred_at or utcnow()
 
 
 # --- internals --------------------------------------------------------------------

@@ -12,12 +12,13 @@ from core.lifecycle import Kind, Observation, Source
 from core.types import DeliveryStatus, NotificationStatus, new_id, outcome
 from store.db import read_scope, session_scope
 from store.deliveries import history, load_context, reopen, transition
-from store.lifecycle import mark_sent, record_batch
+from store.lifecycle import Sent, mark_sent, mark_sent_many, record_batch
 from store.models import Delivery, Event, Notification, Subscriber
 from store.rollups import (
     BOUNDS_MS,
     COUNTERS,
     LATENCY_COLUMNS,
+    Increments,
     delivery_rollups,
     latency_bucket,
     percentile,
@@ -222,3 +223,31 @@ def test_a_refusal_after_the_send_makes_the_notification_failed() -> None:
     assert outcome([DeliveryStatus.CLICKED, DeliveryStatus.SKIPPED]) == NotificationStatus.SENT
     assert outcome([DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED]) == NotificationStatus.FAILED
     assert outcome([DeliveryStatus.UNDELIVERED]) == NotificationStatus.FAILED
+
+
+def test_a_batch_is_marked_sent_in_one_statement_with_the_same_guards(engine: Engine) -> None:
+    early, plain, done = _delivery(engine), _delivery(engine), _delivery(engine)
+    record_batch(engine, [_obs(Kind.DELIVERED, early, T0)])
+    _sent(engine, done)  # already sent: a repeated batch must not touch it
+    incs = Increments()
+    with session_scope(engine) as s:
+        moved = mark_sent_many(
+            s,
+            [Sent(d.id, "sendgrid", "sg-batch-1") for d in (early, plain, done)],
+            flow_key="welcome",
+            category="marketing",
+            attempts=1,
+            incs=incs,
+        )
+        incs.flush(s)
+    assert moved == 2
+    assert _row(engine, early).status == DeliveryStatus.DELIVERED
+    assert _row(engine, early).delivered_at == T0
+    assert _row(engine, plain).provider_message_id == "sg-batch-1"
+    assert _row(engine, done).provider_message_id == "pm-1"
+    for d in (early, plain):
+        with read_scope(engine) as s:
+            assert [e.status for e in history(s, d.id)].count("sent") == 1
+        counts = _counts(engine, d.tenant_id)
+        assert counts["sent"] == 1
+    assert _counts(engine, early.tenant_id)["delivered"] == 1
