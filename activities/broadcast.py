@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -97,11 +98,7 @@ class BroadcastActivities:
     def enroll_batch(self, inp: EnrollInput) -> EnrollResult:
         """One page of the audience: filtered, opt-outs dropped, notifications stored."""
         with session_scope(self.engine) as session:
-            row = session.get(Broadcast, inp.broadcast_id)
-            if row is None:
-                raise ApplicationError(
-                    f"broadcast {inp.broadcast_id} does not exist", non_retryable=True
-                )
+            row = _broadcast(session, inp.broadcast_id)
             audience = Audience.model_validate(row.audience)
             if inp.timezone is not None:
                 audience.where = {**audience.where, "timezone": inp.timezone}
@@ -170,11 +167,7 @@ class BroadcastActivities:
     def broadcast_timezones(self, inp: ZonesInput) -> list[ZoneFire]:
         """Every timezone of the audience with its next HH:MM, soonest first: a timer each."""
         with session_scope(self.engine) as session:
-            row = session.get(Broadcast, inp.broadcast_id)
-            if row is None:
-                raise ApplicationError(
-                    f"broadcast {inp.broadcast_id} does not exist", non_retryable=True
-                )
+            row = _broadcast(session, inp.broadcast_id)
             topic = Audience.model_validate(row.audience).topic
             zones = audience_timezones(session, row.tenant_id, topic)
         fires = [ZoneFire(timezone=z, at=next_local(inp.local_time, inp.base, z)) for z in zones]
@@ -193,3 +186,11 @@ class BroadcastActivities:
             if inp.status != "cancelled":
                 return 0
             return len(cancel_pending(session, inp.broadcast_id))
+
+
+def _broadcast(session: Session, broadcast_id: str) -> Broadcast:
+    """The broadcast's row; gone (a reset database) is final, not worth retrying."""
+    row = session.get(Broadcast, broadcast_id)
+    if row is None:
+        raise ApplicationError(f"broadcast {broadcast_id} does not exist", non_retryable=True)
+    return row

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -101,6 +103,13 @@ def _begin_immediate(dbapi_conn: Any) -> None:
     finally:
         cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         cur.close()
+
+
+def dialect_insert(session: Session) -> Any:
+    """PostgreSQL's or SQLite's ``insert``, both of which have ``on_conflict_do_*``."""
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert
+    return sqlite_insert
 
 
 class SchemaOutdatedError(RuntimeError):

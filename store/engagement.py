@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, Session, SQLModel
 
+from store.db import dialect_insert
 from store.models import UTCDateTime, utcnow
 
 
@@ -38,15 +36,11 @@ class TrackedLink(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-def _insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def suppress(
     session: Session, tenant_id: str, channel: str, address: str, reason: str, delivery_id: str
 ) -> None:
     """Remember the address; the first reason stays."""
-    stmt = _insert(session)(Suppression).values(
+    stmt = dialect_insert(session)(Suppression).values(
         tenant_id=tenant_id,
         channel=channel,
         address=address.lower(),
@@ -60,7 +54,7 @@ def suppress(
 def save_links(session: Session, links: list[TrackedLink]) -> None:
     if not links:
         return
-    stmt = _insert(session)(TrackedLink).values(
+    stmt = dialect_insert(session)(TrackedLink).values(
         [
             {
                 "id": link.id,

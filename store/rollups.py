@@ -12,13 +12,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Column, Integer, String, Table
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel
 
+from store.db import dialect_insert
 from store.models import Delivery, Notification, UTCDateTime
 
 COUNTERS = (
@@ -114,8 +112,7 @@ class Increments:
         return any(self._by_key.values())
 
     def flush(self, session: Session) -> None:
-        dialect = session.get_bind().dialect.name
-        insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+        insert = dialect_insert(session)
         # A fixed order, so concurrent writers lock rows in the same order (no deadlock).
         for key in sorted(
             self._by_key, key=lambda k: tuple(str(getattr(k, d)) for d in DIMENSIONS)

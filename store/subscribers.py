@@ -3,10 +3,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
+from store.db import dialect_insert
 from store.models import Preference, Subscriber, utcnow
 
 
@@ -32,9 +31,7 @@ def upsert_subscriber(
 def _upsert(session: Session, row: SQLModel, keys: list[str], update: list[str]) -> None:
     table = row.__table__  # type: ignore[attr-defined]
     values = {c.name: getattr(row, c.name) for c in table.columns}
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(table).values(**values)
+    stmt = dialect_insert(session)(table).values(**values)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys, set_={name: stmt.excluded[name] for name in update}
     )

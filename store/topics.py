@@ -10,17 +10,16 @@ from pydantic import BaseModel, StringConstraints, ValidationError
 from pydantic import Field as PydanticField
 from sqlalchemy import and_, delete, func
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from core.audience import Audience, data_filtered, matches
+from store.db import dialect_insert
 from store.models import (
     SUBSCRIBER_ID_PATTERN,
     Preference,
     Subscriber,
     SubscriberCreate,
-    UTCDateTime,
+    _ts,
     utcnow,
 )
 from store.subscribers import existing_ids
@@ -28,14 +27,6 @@ from store.subscribers import existing_ids
 MAX_BATCH = 10_000
 # Rows per INSERT statement: well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 1_000
-
-
-def _ts() -> Any:
-    return Field(default_factory=utcnow, sa_type=UTCDateTime)
-
-
-def _insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 # --- topics -------------------------------------------------------------------------
@@ -90,7 +81,7 @@ class TopicMembersAdded(SQLModel):
 def put_topic(session: Session, tenant_id: str, key: str, name: str) -> TopicPublic:
     """Upsert in one statement, so two writers creating the same topic both succeed."""
     now = utcnow()
-    stmt = _insert(session)(Topic).values(
+    stmt = dialect_insert(session)(Topic).values(
         tenant_id=tenant_id, key=key, name=name, created_at=now, updated_at=now
     )
     stmt = stmt.on_conflict_do_update(
@@ -169,7 +160,7 @@ def add_members(session: Session, tenant_id: str, key: str, ids: Iterable[str]) 
     table = _TOPIC_SUBSCRIBERS
     # RETURNING names the rows actually inserted: rowcount after an executemany is
     # not reliable on every driver.
-    stmt = _insert(session)(table).on_conflict_do_nothing().returning(table.c.subscriber_id)
+    stmt = dialect_insert(session)(table).on_conflict_do_nothing().returning(table.c.subscriber_id)
     added = 0
     for start in range(0, len(rows), _CHUNK):
         added += len(session.execute(stmt, rows[start : start + _CHUNK]).all())
@@ -204,6 +195,17 @@ class AudiencePage(BaseModel):
     opted_out: list[str]
 
 
+def _member_is_subscriber() -> Any:
+    return and_(
+        col(Subscriber.tenant_id) == col(TopicSubscriber.tenant_id),
+        col(Subscriber.id) == col(TopicSubscriber.subscriber_id),
+    )
+
+
+def _in_topic(tenant_id: str, topic: str) -> tuple[Any, Any]:
+    return col(TopicSubscriber.tenant_id) == tenant_id, col(TopicSubscriber.topic_key) == topic
+
+
 def _member_rows(
     session: Session, tenant_id: str, audience: Audience, after: str | None, limit: int
 ) -> list[Any]:
@@ -223,14 +225,7 @@ def _member_rows(
     stmt = (
         sa_select(*columns)
         .select_from(TopicSubscriber)
-        .join(
-            Subscriber,
-            and_(
-                col(Subscriber.tenant_id) == col(TopicSubscriber.tenant_id),
-                col(Subscriber.id) == member,
-            ),
-            isouter=True,
-        )
+        .join(Subscriber, _member_is_subscriber(), isouter=True)
         .join(
             Preference,
             and_(
@@ -239,10 +234,7 @@ def _member_rows(
             ),
             isouter=True,
         )
-        .where(
-            col(TopicSubscriber.tenant_id) == tenant_id,
-            col(TopicSubscriber.topic_key) == audience.topic,
-        )
+        .where(*_in_topic(tenant_id, audience.topic))
         .order_by(member)
         .limit(limit)
     )
@@ -259,14 +251,8 @@ def audience_timezones(session: Session, tenant_id: str, topic: str) -> list[str
     stmt = (
         sa_select(col(Subscriber.timezone))
         .select_from(TopicSubscriber)
-        .join(
-            Subscriber,
-            and_(
-                col(Subscriber.tenant_id) == col(TopicSubscriber.tenant_id),
-                col(Subscriber.id) == col(TopicSubscriber.subscriber_id),
-            ),
-        )
-        .where(col(TopicSubscriber.tenant_id) == tenant_id, col(TopicSubscriber.topic_key) == topic)
+        .join(Subscriber, _member_is_subscriber())
+        .where(*_in_topic(tenant_id, topic))
         .distinct()
     )
     return sorted(z for (z,) in session.execute(stmt).all() if z)
@@ -395,7 +381,7 @@ def bulk_upsert_subscribers(
     groups: dict[frozenset[str], list[dict[str, Any]]] = {}
     for sid, values in rows.items():
         groups.setdefault(frozenset(values), []).append({**defaults, **values, "id": sid})
-    insert = _insert(session)
+    insert = dialect_insert(session)
     for fields, group in groups.items():
         stmt = insert(_SUBSCRIBERS)
         update = [*sorted(fields), "updated_at"]
