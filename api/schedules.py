@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from temporalio.client import (
@@ -32,6 +31,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from core.flows import FLOW_KEY_PATTERN
+from core.preferences import iana_timezone
 from core.retry import Duration
 from core.settings import Settings
 from store.broadcasts import BroadcastCreate
@@ -114,11 +114,7 @@ class ScheduleBody(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}, e.g. Europe/Berlin") from exc
-        return value
+        return iana_timezone(value)
 
     def given(self) -> list[str]:
         return [name for name in ("cron", "interval", "at") if getattr(self, name) is not None]

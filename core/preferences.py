@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,15 @@ class PreferenceSet(BaseModel):
     quiet_hours: QuietHours | None = None
     # Topic key -> False opts out of the topic's broadcasts.
     topics: dict[str, bool] = Field(default_factory=dict)
+
+
+def iana_timezone(value: str) -> str:
+    """A pydantic validator's check: the name must be a zone the tz database knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA timezone {value!r}, e.g. Europe/Berlin") from exc
+    return value
 
 
 def _at(day: datetime, hhmm: str) -> datetime:

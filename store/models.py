@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AnyHttpUrl,
@@ -30,7 +29,7 @@ from core.flows import (
     check_step_tags,
     check_steps,
 )
-from core.preferences import PreferenceSet
+from core.preferences import PreferenceSet, iana_timezone
 from core.types import Channel, DeliveryStatus
 
 
@@ -111,11 +110,7 @@ class SubscriberCreate(SubscriberBase):
     @field_validator("timezone")
     @classmethod
     def _iana(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA timezone {v!r}") from exc
-        return v
+        return iana_timezone(v)
 
     @field_validator("locale")
     @classmethod
