@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.dispatch import Dispatcher
-from api.temporal import TemporalGateway
 from core.settings import Settings
+from dispatching.outbox import Dispatcher
+from dispatching.temporal import TemporalGateway
 from store.db import read_scope, session_scope
 from store.tenants import hash_key, tenant_for_key
 

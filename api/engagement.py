@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from api.temporal import TemporalGateway, signal_quietly
 from core.lifecycle import ENGAGEMENT
+from dispatching.temporal import TemporalGateway, signal_quietly
 from store.lifecycle import Reached
 from workflows.types import EngagementSignal
 

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from temporalio.client import Client
 
 from api.deps import EngineDep, GatewayDep
-from api.dispatch import Dispatcher
 from api.recorder import ObservationRecorder
 from api.routes import (
     analytics,
@@ -31,8 +31,10 @@ from api.routes import (
     topics,
     tracking,
 )
-from api.temporal import TemporalGateway, TemporalUnavailableError
 from core.settings import Settings, get_settings
+from dispatching.outbox import Dispatcher
+from dispatching.temporal import TemporalGateway, TemporalUnavailableError
+from ingest.app import asyncapi_schema
 from store.db import init_db, make_engine, session_scope
 from store.tenants import ensure_api_keys
 
@@ -71,7 +73,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app = FastAPI(
         title="Herald",
         version="0.1.0",
-        description="Publish business events; Herald delivers notifications durably on Temporal.",
+        description="Publish business events; Herald delivers notifications durably on Temporal. "
+        "Events can also come from a message broker: see the AsyncAPI document at "
+        "[/asyncapi.json](/asyncapi.json).",
         lifespan=lifespan,
     )
     for module in (
@@ -90,6 +94,16 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         schedules,
     ):
         app.include_router(module.router)
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> JSONResponse:
+        """The broker side of the API, beside /openapi.json: what ``python -m ingest`` consumes."""
+        return JSONResponse(asyncapi_schema(settings))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus scrapes this, unauthenticated like /healthz: keep it internal."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     async def healthz(engine: EngineDep, gateway: GatewayDep) -> JSONResponse:

@@ -30,8 +30,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 
 from api.engagement import signal_reached
-from api.temporal import TemporalGateway
 from core.lifecycle import Observation
+from dispatching.temporal import TemporalGateway
 from store.lifecycle import Reached, record_batch
 from store.models import utcnow
 

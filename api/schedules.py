@@ -162,6 +162,7 @@ def build(
             spec=spec_json,
             template=template,
             batch_size=settings.broadcast_batch_size,
+            batches_in_flight=settings.broadcast_batches_in_flight,
         ),
         id=run_workflow_id(tenant, key),
         task_queue=settings.workflow_task_queue,

@@ -8,14 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from core.flows import Throttle, watches_engagement
-from core.templates import TemplateError, render
+from core.metrics import EVENTS_ACCEPTED
 from core.types import (
     TERMINAL_DELIVERY_STATUSES,
     DeliveryStatus,
@@ -26,14 +24,15 @@ from core.types import (
 )
 from store.db import session_scope
 from store.deliveries import FINAL
+from store.fanout import NotificationRef, PlannedNotification, fan_out
 from store.flows import exiting_flows, flows_for_event
 from store.models import (
     Delivery,
-    DeliveryEvent,
     Event,
+    EventCreate,
     Flow,
+    InlineSubscriber,
     Notification,
-    Subscriber,
     utcnow,
 )
 from store.subscribers import existing_ids, upsert_subscriber
@@ -56,16 +55,17 @@ class RecipientSpec:
     values: dict[str, Any] | None = None
 
 
-@dataclass
-class PlannedNotification:
-    notification: Notification
-    # Aligned with the flow's steps: a delivery per send step, None for a control step.
-    delivery_ids: list[str | None]
-
-    @property
-    def runs(self) -> bool:
-        """False when the throttle stopped it at the door: no workflow is started."""
-        return self.notification.stop_reason != THROTTLED
+def recipient_specs(body: EventCreate) -> list[RecipientSpec]:
+    """An event's ``to``, deduplicated in order; a repeated inline id keeps its last fields."""
+    specs: dict[str, RecipientSpec] = {}
+    for item in body.to:
+        if isinstance(item, InlineSubscriber):
+            values = item.to_row_values()
+            values.pop("id", None)
+            specs[item.id] = RecipientSpec(item.id, values)
+        elif item not in specs:
+            specs[item] = RecipientSpec(item)
+    return list(specs.values())
 
 
 @dataclass
@@ -75,9 +75,6 @@ class AcceptedEvent:
     created: bool = True
     # Running notifications this event stopped through a flow's exit_on (to wake them).
     exited: list[str] = field(default_factory=list)
-
-
-THROTTLED = "throttled"
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -107,7 +104,7 @@ def accept_event(
                 prior = _load_by_key(session, tenant_id, idempotency_key, request_fingerprint)
                 if prior is not None:
                     return prior
-            return _insert(
+            accepted = _insert(
                 session,
                 tenant_id,
                 type,
@@ -118,6 +115,7 @@ def accept_event(
                 request_fingerprint,
                 cancellation_key,
             )
+        return counted(accepted)
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -126,6 +124,26 @@ def accept_event(
         if prior is None:
             raise
         return prior
+
+
+@dataclass
+class Lookups:
+    """What events accepted in one transaction share: read once per batch, not per event."""
+
+    flows: dict[str, list[Flow]] = field(default_factory=dict)
+    exits: dict[str, list[str]] = field(default_factory=dict)
+    # Subscriber ids seen to exist in this transaction.
+    known: set[str] = field(default_factory=set)
+
+    def flows_for(self, session: Session, tenant_id: str, type: str) -> list[Flow]:
+        if type not in self.flows:
+            self.flows[type] = flows_for_event(session, tenant_id, type)
+        return self.flows[type]
+
+    def exits_for(self, session: Session, tenant_id: str, type: str) -> list[str]:
+        if type not in self.exits:
+            self.exits[type] = exiting_flows(session, tenant_id, type)
+        return self.exits[type]
 
 
 def _insert(
@@ -138,14 +156,20 @@ def _insert(
     idempotency_key: str | None,
     request_fingerprint: str,
     cancellation_key: str | None = None,
+    lookups: Lookups | None = None,
 ) -> AcceptedEvent:
+    lookups = lookups or Lookups()
     for r in recipients:
         if r.values is not None:
             upsert_subscriber(session, tenant_id, r.id, r.values)
+            lookups.known.add(r.id)
     ids = [r.id for r in recipients]
-    missing = sorted(set(ids) - existing_ids(session, tenant_id, ids))
-    if missing:
-        raise UnknownSubscribersError(missing)
+    unseen = [i for i in ids if i not in lookups.known]
+    if unseen:
+        lookups.known |= existing_ids(session, tenant_id, unseen)
+        missing = sorted(set(unseen) - lookups.known)
+        if missing:
+            raise UnknownSubscribersError(missing)
 
     event = Event(
         id=new_id("evt"),
@@ -161,21 +185,17 @@ def _insert(
     session.add(event)
     session.flush()  # the idempotency constraint fires here, before any fan-out
     accepted = AcceptedEvent(event=event)
-    flows = list(
-        session.exec(
-            select(Flow)
-            .where(Flow.tenant_id == tenant_id, Flow.event_type == type)
-            .order_by(col(Flow.key))
-        ).all()
-    )
-    accepted.exited = _exit_running(session, event, ids)
+    flows = lookups.flows_for(session, tenant_id, type)
+    accepted.exited = _exit_running(session, event, ids, lookups)
     accepted.notifications = fan_out(session, event, flows, ids)
     return accepted
 
 
-def _exit_running(session: Session, event: Event, subscriber_ids: list[str]) -> list[str]:
+def _exit_running(
+    session: Session, event: Event, subscriber_ids: list[str], lookups: Lookups
+) -> list[str]:
     """Stop the recipients' running notifications of flows that exit on this event type."""
-    keys = exiting_flows(session, event.tenant_id, event.type)
+    keys = lookups.exits_for(session, event.tenant_id, event.type)
     if not keys:
         return []
     stopped = stop_notifications(
@@ -214,151 +234,6 @@ def stop_notifications(session: Session, reason: str, *where: Any) -> list[tuple
         .execution_options(synchronize_session=False)
     )
     return [(n, wf) for n, wf in session.execute(stmt).all()]
-
-
-def _throttled(session: Session, flow: Flow, subscriber_id: str, key: str | None) -> bool:
-    """Whether the subscriber already had ``limit`` notifications of the flow in the period.
-
-    Runs inside the accepting transaction; on PostgreSQL the subscriber row is locked so
-    two concurrent events cannot both take the last slot (SQLite writes are serialised).
-    """
-    throttle = Throttle.model_validate(flow.throttle)
-    session.execute(
-        sa_select(col(Subscriber.id))
-        .where(col(Subscriber.tenant_id) == flow.tenant_id, col(Subscriber.id) == subscriber_id)
-        .with_for_update()
-    )
-    since = utcnow() - throttle.period
-    count = session.execute(
-        sa_select(func.count())
-        .select_from(Notification)
-        .where(
-            col(Notification.tenant_id) == flow.tenant_id,
-            col(Notification.subscriber_id) == subscriber_id,
-            col(Notification.flow_key) == flow.key,
-            col(Notification.throttle_key).is_(None)
-            if key is None
-            else col(Notification.throttle_key) == key,
-            col(Notification.created_at) >= since,
-            col(Notification.replay_id).is_(None),
-            or_(
-                col(Notification.stop_reason).is_(None),
-                col(Notification.stop_reason) != THROTTLED,
-            ),
-        )
-    ).scalar_one()
-    return int(count) >= throttle.limit
-
-
-def fan_out(
-    session: Session,
-    event: Event,
-    flows: list[Flow],
-    subscriber_ids: list[str],
-    replay_id: str | None = None,
-    skip: set[str] | None = None,
-    broadcast_id: str | None = None,
-) -> list[PlannedNotification]:
-    """One notification per flow × recipient, each with a pending delivery per step.
-
-    ``skip`` holds workflow ids that already exist (a repeated replay or broadcast batch)
-    and are left out.
-    """
-    notifications: list[Notification] = []
-    deliveries: list[Delivery] = []
-    history: list[DeliveryEvent] = []
-    planned: list[PlannedNotification] = []
-    context = {"data": event.data, "event": {"id": event.id, "type": event.type}}
-    for flow in flows:
-        snapshot = {
-            "key": flow.key,
-            "event_type": flow.event_type,
-            "category": flow.category,
-            "critical": flow.critical,
-            "steps": flow.steps,
-            "version": flow.version,
-            "throttle": flow.throttle,
-            "exit_on": flow.exit_on or [],
-            "default_locale": flow.default_locale,
-        }
-        throttle_key = _throttle_key(flow, context)
-        watches = watches_engagement(flow.steps)
-        for subscriber_id in subscriber_ids:
-            workflow_id = notification_workflow_id(
-                event.tenant_id, event.id, flow.key, subscriber_id, replay_id
-            )
-            if skip and workflow_id in skip:
-                continue
-            # A replay re-runs history on purpose: the throttle is for live traffic.
-            throttled = (
-                flow.throttle is not None
-                and replay_id is None
-                and _throttled(session, flow, subscriber_id, throttle_key)
-            )
-            notification = Notification(
-                id=new_id("ntf"),
-                tenant_id=event.tenant_id,
-                event_id=event.id,
-                flow_key=flow.key,
-                subscriber_id=subscriber_id,
-                workflow_id=workflow_id,
-                flow=snapshot,
-                replay_id=replay_id,
-                cancellation_key=event.cancellation_key,
-                throttle_key=throttle_key,
-                stopped_at=utcnow() if throttled else None,
-                stop_reason=THROTTLED if throttled else None,
-                category=flow.category,
-                watches_engagement=watches,
-                broadcast_id=broadcast_id,
-            )
-            notifications.append(notification)
-            status = DeliveryStatus.SKIPPED if throttled else DeliveryStatus.PENDING
-            delivery_ids: list[str | None] = []
-            for index, step in enumerate(flow.steps):
-                if "channel" not in step:
-                    delivery_ids.append(None)  # a control step: nothing is delivered
-                    continue
-                delivery = Delivery(
-                    id=new_id("dlv"),
-                    tenant_id=event.tenant_id,
-                    notification_id=notification.id,
-                    step_index=index,
-                    channel=step["channel"],
-                    status=status.value,
-                    reason=THROTTLED if throttled else None,
-                )
-                delivery_ids.append(delivery.id)
-                deliveries.append(delivery)
-                history.append(
-                    DeliveryEvent(
-                        tenant_id=event.tenant_id,
-                        delivery_id=delivery.id,
-                        status=status.value,
-                        detail=delivery.reason,
-                    )
-                )
-            planned.append(PlannedNotification(notification, delivery_ids))
-            if throttled:
-                # Flushed now so the next recipient's (or a duplicate's) count sees it.
-                session.add(notification)
-    # No ORM relationships, so flush parents before children for the foreign keys.
-    for batch in (notifications, deliveries, history):
-        session.add_all(batch)
-        session.flush()
-    return planned
-
-
-def _throttle_key(flow: Flow, context: dict[str, Any]) -> str | None:
-    if not flow.throttle or not flow.throttle.get("key"):
-        return None
-    try:
-        rendered = render(flow.throttle["key"], context)
-    except TemplateError:
-        # E.g. {{ data.project.id }} without data.project: counted as key-less, like an
-        # empty key, rather than refusing (and losing) the whole event with a 500.
-        return None
-    return rendered.strip()[:255] or None
 
 
 @dataclass
@@ -437,6 +312,23 @@ def replay_events(
     return plan
 
 
+def counted(accepted: AcceptedEvent) -> AcceptedEvent:
+    """Count a committed new event in the metrics (a repeated key is not a new event)."""
+    if accepted.created:
+        EVENTS_ACCEPTED.labels(accepted.event.tenant_id, accepted.event.type).inc()
+    return accepted
+
+
+def used_keys(session: Session, tenant_id: str, keys: list[str]) -> set[str]:
+    """Which of these idempotency keys already name a stored event (one query for a batch)."""
+    if not keys:
+        return set()
+    stmt = select(Event.idempotency_key).where(
+        Event.tenant_id == tenant_id, col(Event.idempotency_key).in_(keys)
+    )
+    return {k for k in session.exec(stmt).all() if k is not None}
+
+
 def _load_by_key(
     session: Session, tenant_id: str, key: str, request_fingerprint: str
 ) -> AcceptedEvent | None:
@@ -452,14 +344,28 @@ def _load_by_key(
     return _load_accepted(session, event, created=False)
 
 
+def accepted_notification(session: Session, notification: Notification) -> AcceptedEvent | None:
+    """One stored notification as its event's accept path planned it (to start it later)."""
+    event = session.get(Event, notification.event_id)
+    if event is None:
+        return None
+    deliveries = deliveries_by_notification(session, [notification.id])
+    planned = plan_of(notification, deliveries.get(notification.id, []))
+    return AcceptedEvent(event=event, notifications=[planned], created=False)
+
+
+def plan_of(notification: Notification, deliveries: list[Delivery]) -> PlannedNotification:
+    """A stored notification with its delivery ids aligned to its flow's steps."""
+    by_step = {d.step_index: d.id for d in deliveries}
+    steps = range(len(notification.flow.get("steps", [])))
+    return PlannedNotification(NotificationRef.of(notification), [by_step.get(i) for i in steps])
+
+
 def _load_accepted(session: Session, event: Event, *, created: bool) -> AcceptedEvent:
     accepted = AcceptedEvent(event=event, created=created)
     notifications = _notifications(session, event.id)
-    deliveries = _deliveries_by_notification(session, [n.id for n in notifications])
-    for n in notifications:
-        by_step = {d.step_index: d.id for d in deliveries.get(n.id, [])}
-        ids = [by_step.get(i) for i in range(len(n.flow.get("steps", [])))]
-        accepted.notifications.append(PlannedNotification(n, ids))
+    deliveries = deliveries_by_notification(session, [n.id for n in notifications])
+    accepted.notifications = [plan_of(n, deliveries.get(n.id, [])) for n in notifications]
     return accepted
 
 
@@ -495,7 +401,7 @@ def _notifications(session: Session, event_id: str) -> list[Notification]:
     return list(session.exec(stmt).all())
 
 
-def _deliveries_by_notification(
+def deliveries_by_notification(
     session: Session, notification_ids: list[str]
 ) -> dict[str, list[Delivery]]:
     if not notification_ids:
@@ -534,7 +440,7 @@ def get_event_detail(session: Session, tenant_id: str, event_id: str) -> EventDe
     if event is None:
         return None
     notifications = _notifications(session, event.id)
-    deliveries = _deliveries_by_notification(session, [n.id for n in notifications])
+    deliveries = deliveries_by_notification(session, [n.id for n in notifications])
     dispatched = event.dispatched_at is not None
     return EventDetail(
         event=event,

@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from core.types import DeliveryStatus
 from store.deliveries import FINAL, transition
 from store.events import stop_notifications
-from store.models import Delivery, Event, Notification, Subscriber, utcnow
+from store.models import Delivery, DigestClaim, Event, Notification, Subscriber, utcnow
 
 
 def delay_context(session: Session, notification_id: str) -> tuple[str, dict[str, Any]] | None:
@@ -69,30 +69,54 @@ def skip_unfinished(session: Session, notification_id: str, reason: str) -> list
     return [transition(session, i, DeliveryStatus.SKIPPED, detail=reason) for i in ids]
 
 
-def claim_for_digest(session: Session, notification_ids: list[str]) -> list[str]:
+def claim_for_digest(
+    session: Session, notification_ids: list[str], claim_id: str | None = None
+) -> list[str]:
     """The notifications a closing digest may take, in the order given.
 
-    A notification is claimable while none of its deliveries has finished and it was
-    not stopped: a re-dispatched event that already went out in an earlier digest is
-    dropped here, so it is never sent twice. The first claimed one carries the digest;
-    the others' deliveries are skipped, pointing at it.
+    A notification is claimable while none of its deliveries has finished, it was not
+    stopped and no other digest claimed it: a re-dispatched event that already went out
+    in an earlier digest is dropped here, so it is never sent twice. The first claimed
+    one carries the digest; the others' deliveries are skipped, pointing at it.
+
+    With a ``claim_id`` the claim is recorded, and running it again returns what it
+    took the first time: after a crash lost its completion, the others are already
+    skipped, and a fresh claim would send a digest of the carrier alone.
     """
     if not notification_ids:
         return []
+    if claim_id is not None:
+        earlier = session.exec(
+            select(DigestClaim.notification_id)
+            .where(DigestClaim.claim_id == claim_id)
+            .order_by(col(DigestClaim.position))
+        ).all()
+        if earlier:
+            return list(earlier)
     finished = (
         select(Delivery.id)
         .where(col(Delivery.notification_id) == Notification.id, col(Delivery.status).in_(FINAL))
+        .exists()
+    )
+    claimed_before = (
+        select(DigestClaim.notification_id)
+        .where(col(DigestClaim.notification_id) == Notification.id)
         .exists()
     )
     taken = set(
         session.exec(
             select(Notification.id).where(
                 col(Notification.id).in_(notification_ids),
-                or_(col(Notification.stopped_at).is_not(None), finished),
+                or_(col(Notification.stopped_at).is_not(None), finished, claimed_before),
             )
         ).all()
     )
     claimed = [n for n in dict.fromkeys(notification_ids) if n not in taken]
+    if claimed and claim_id is not None:
+        session.add_all(
+            DigestClaim(notification_id=n, claim_id=claim_id, position=i)
+            for i, n in enumerate(claimed)
+        )
     if claimed:
         carrier = claimed[0]
         for other in claimed[1:]:

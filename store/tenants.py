@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from core.types import new_id
 from store.models import ApiKey, Tenant
@@ -30,3 +30,9 @@ def ensure_api_keys(session: Session, key_map: dict[str, str]) -> None:
 def tenant_for_key(session: Session, key: str) -> str | None:
     row = session.exec(select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(key))).first()
     return row
+
+
+def unknown_tenants(session: Session, tenants: list[str]) -> list[str]:
+    """Which of ``tenants`` Herald has no record of, in the order given."""
+    known = set(session.exec(select(Tenant.id).where(col(Tenant.id).in_(tenants))).all())
+    return [t for t in tenants if t not in known]

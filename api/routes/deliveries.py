@@ -10,13 +10,16 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 
-from api.deps import EngineDep, GatewayDep, ReadSessionDep, TenantDep
+from api.deps import EngineDep, GatewayDep, ReadSessionDep, SettingsDep, TenantDep
 from api.engagement import signal_reached
-from api.temporal import TemporalGateway, signal_open
 from core.lifecycle import Kind, Observation, Source
+from core.settings import Settings
 from core.types import Channel, DeliveryStatus
+from dispatching.outbox import retry_with_start
+from dispatching.temporal import TemporalGateway, signal_open
 from store.db import read_scope
 from store.deliveries import delivery_detail, failed_deliveries, notification_for
+from store.events import AcceptedEvent, accepted_notification
 from store.lifecycle import record_batch
 from store.models import (
     DeadLetterPublic,
@@ -65,6 +68,8 @@ async def retry_notification(
     session: ReadSessionDep,
     tenant: TenantDep,
     gateway: GatewayDep,
+    engine: EngineDep,
+    settings: SettingsDep,
     body: RetryRequest | None = None,
 ) -> RetryAccepted:
     """Re-attempt this notification's failed deliveries (or one channel's)."""
@@ -73,7 +78,7 @@ async def retry_notification(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"notification {notification_id!r} not found"
         )
-    if not await _signal(gateway, notification.workflow_id, body or RetryRequest()):
+    if not await _retry(gateway, settings, engine, notification, body or RetryRequest()):
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"notification {notification_id!r} is closed: its dead-letter retention has passed "
@@ -86,7 +91,12 @@ async def retry_notification(
     "/v1/deliveries/retry", response_model=RetryAccepted, status_code=status.HTTP_202_ACCEPTED
 )
 async def retry_deliveries(
-    body: RetryFilter, session: ReadSessionDep, tenant: TenantDep, gateway: GatewayDep
+    body: RetryFilter,
+    session: ReadSessionDep,
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    engine: EngineDep,
+    settings: SettingsDep,
 ) -> RetryAccepted:
     """Retry every failed delivery matching the filter; closed notifications are left out."""
     rows = failed_deliveries(
@@ -97,9 +107,11 @@ async def retry_deliveries(
         since=body.since,
         limit=body.limit,
     )
-    targets = {r.notification.id: r.notification.workflow_id for r in rows}
+    targets = {r.notification.id: r.notification for r in rows}
     request = RetryRequest(channel=body.channel)
-    sent = await asyncio.gather(*(_signal(gateway, wf, request) for wf in targets.values()))
+    sent = await asyncio.gather(
+        *(_retry(gateway, settings, engine, n, request) for n in targets.values())
+    )
     return RetryAccepted(notifications=[n for n, ok in zip(targets, sent, strict=True) if ok])
 
 
@@ -147,9 +159,29 @@ def _detail(engine: Engine, tenant: str, delivery_id: str) -> DeliveryDetail | N
         return delivery_detail(session, tenant, delivery_id)
 
 
-async def _signal(gateway: TemporalGateway, workflow_id: str, request: RetryRequest) -> bool:
-    """False when the notification has completed: nothing is left to retry."""
-    return await signal_open(await gateway.client(), workflow_id, "retry", request)
+async def _retry(
+    gateway: TemporalGateway,
+    settings: Settings,
+    engine: Engine,
+    notification: Notification,
+    request: RetryRequest,
+) -> bool:
+    """False when the notification has completed: nothing is left to retry.
+
+    A broadcast's fast path sent without a notification workflow; its retry starts one.
+    """
+    client = await gateway.client()
+    if notification.broadcast_id is None:
+        return await signal_open(client, notification.workflow_id, "retry", request)
+    accepted = await run_in_threadpool(_accepted, engine, notification)
+    if accepted is None:
+        return False
+    return await retry_with_start(client, settings, accepted, request)
+
+
+def _accepted(engine: Engine, notification: Notification) -> AcceptedEvent | None:
+    with read_scope(engine) as session:
+        return accepted_notification(session, notification)
 
 
 def _public(d: Delivery, n: Notification) -> DeadLetterPublic:

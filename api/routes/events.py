@@ -17,10 +17,10 @@ from api.deps import (
     field_error,
     temporal_unavailable,
 )
-from api.dispatch import dispatch
-from api.temporal import TemporalGateway, TemporalUnavailableError
 from core.settings import Settings
 from core.types import new_id
+from dispatching.outbox import dispatch
+from dispatching.temporal import TemporalGateway, TemporalUnavailableError
 from store import events as q
 from store.db import read_scope
 from store.deliveries import clicks_for
@@ -66,7 +66,7 @@ async def publish_event(
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise field_error(["body", "idempotency_key"], "differs from the Idempotency-Key header")
     key = idempotency_key or body.idempotency_key
-    recipients = _recipients(body)
+    recipients = q.recipient_specs(body)
     try:
         accepted = await run_in_threadpool(
             q.accept_event,
@@ -166,19 +166,6 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
             for n, st, ds in detail.notifications
         ],
     )
-
-
-def _recipients(body: EventCreate) -> list[q.RecipientSpec]:
-    """Deduplicate while keeping order; a repeated inline id keeps its last fields."""
-    specs: dict[str, q.RecipientSpec] = {}
-    for item in body.to:
-        if isinstance(item, InlineSubscriber):
-            values = item.to_row_values()
-            values.pop("id", None)
-            specs[item.id] = q.RecipientSpec(item.id, values)
-        elif item not in specs:
-            specs[item] = q.RecipientSpec(item)
-    return list(specs.values())
 
 
 @router.post("/replay", response_model=ReplayResult, responses={503: {"description": "Temporal"}})

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 
 from api.deps import EngineDep, GatewayDep, TenantDep
-from api.temporal import signal_quietly
+from dispatching.temporal import signal_quietly
 from store.db import session_scope
 from store.models import Acknowledged, CancelRequest, CancelResult, Notification
 from store.notifications import acknowledge, cancel_by_key

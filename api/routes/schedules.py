@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import schedules as s
 from api.deps import EngineDep, GatewayDep, SettingsDep, TenantDep, field_error
 from api.routes.broadcasts import checked_audience, notification_template
-from api.temporal import TemporalGateway, TemporalUnavailableError
+from dispatching.temporal import TemporalGateway, TemporalUnavailableError
 from store.broadcasts import BroadcastCreate, BroadcastError, check_broadcast
 from store.db import read_scope
 

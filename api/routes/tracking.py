@@ -26,10 +26,10 @@ from sqlalchemy.engine import Engine
 from api.deps import EngineDep, GatewayDep, SettingsDep
 from api.engagement import signal_reached
 from api.recorder import ObservationRecorder
-from api.temporal import TemporalGateway
 from core.lifecycle import Kind, Observation, Source
 from core.settings import Settings
 from core.tracking import Signer, TokenKind
+from dispatching.temporal import TemporalGateway
 from store.lifecycle import record_batch
 from store.tracking_links import find_link, unsubscribe_category
 

@@ -1,4 +1,4 @@
-"""A lazily connected Temporal client, so the API starts (and says so) while Temporal is down."""
+"""A lazily connected Temporal client, so a process starts (and says so) while Temporal is down."""
 
 from __future__ import annotations
 

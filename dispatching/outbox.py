@@ -1,10 +1,10 @@
 """Hand accepted events to Temporal off the request path (a transactional outbox).
 
-The API commits the event, its notifications and their workflow ids in one
-transaction, answers 202, and queues the event here. Starts are idempotent
-(deterministic workflow ids, REJECT_DUPLICATE + USE_EXISTING), so dispatching
-twice is harmless: the sweep re-dispatches anything left undispatched by a
-crash, an outage or a full queue.
+The API (and the broker consumer, ``ingest``) commits the event, its notifications
+and their workflow ids in one transaction, answers 202 (or acks the message), and
+queues the event here. Starts are idempotent (deterministic workflow ids,
+REJECT_DUPLICATE + USE_EXISTING), so dispatching twice is harmless: the sweep
+re-dispatches anything left undispatched by a crash, an outage or a full queue.
 """
 
 from __future__ import annotations
@@ -12,22 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from fastapi.concurrency import run_in_threadpool
+import anyio.to_thread
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.temporal import TemporalGateway, TemporalUnavailableError, signal_open
 from core.flows import FlowDefinition
 from core.settings import Settings
 from core.templates import TemplateError, render
 from core.types import Channel, digest_workflow_id
+from dispatching.temporal import TemporalGateway, TemporalUnavailableError, signal_open
 from store.events import (
     AcceptedEvent,
     PlannedNotification,
@@ -36,11 +41,20 @@ from store.events import (
     undispatched,
 )
 from store.models import utcnow
+from workflows.broadcast import SA_BROADCAST
 from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow, identifying_attributes, summary
-from workflows.types import DigestInput, DigestItem, NotificationInput, StopRequest
+from workflows.types import DigestInput, DigestItem, NotificationInput, RetryRequest, StopRequest
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Blocking database work off the event loop, in the pool FastAPI's threadpool uses."""
+    return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
 
 
 def workflow_input(
@@ -85,6 +99,34 @@ async def _start(client: Client, settings: Settings, inp: NotificationInput, wf_
         )
     except WorkflowAlreadyStartedError:
         log.debug("workflow %s already ran; start is a no-op", wf_id)
+
+
+async def retry_with_start(
+    client: Client, settings: Settings, accepted: AcceptedEvent, request: RetryRequest
+) -> bool:
+    """Retry a notification whose workflow may never have run: a broadcast's fast path
+    sends without one. Signal-with-start: a running workflow takes the signal; a new one
+    finds its failed deliveries and sends them again. False when it ran and has closed."""
+    planned = accepted.notifications[0]
+    inp = workflow_input(settings, accepted, planned)
+    attributes = identifying_attributes(inp)
+    if (broadcast := planned.notification.broadcast_id) is not None:
+        attributes.append(SearchAttributePair(SA_BROADCAST, broadcast))
+    try:
+        await client.start_workflow(
+            NotificationWorkflow.run,
+            inp,
+            id=planned.notification.workflow_id,
+            task_queue=settings.workflow_task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            start_signal="retry",
+            start_signal_args=[request],
+            search_attributes=TypedSearchAttributes(attributes),
+            static_summary=f"{summary(inp)} [retry]",
+        )
+    except WorkflowAlreadyStartedError:
+        return False
+    return True
 
 
 async def _add_to_digest(
@@ -168,6 +210,7 @@ class Dispatcher:
         concurrency: int = 8,
         max_queue: int = 10_000,
         sweep_grace: timedelta = timedelta(seconds=10),
+        tenants: Collection[str] | None = None,
     ) -> None:
         self.engine = engine
         self.gateway = gateway
@@ -176,6 +219,8 @@ class Dispatcher:
         self.concurrency = concurrency
         self.sweep_every = settings.dispatch_sweep_seconds
         self.sweep_grace = sweep_grace
+        # None sweeps every tenant (the API); the broker consumer sweeps the tenants it serves.
+        self.tenants = None if tenants is None else frozenset(tenants)
         self._done: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -222,7 +267,7 @@ class Dispatcher:
     async def _flush(self) -> None:
         done, self._done = self._done, []
         if done:
-            await run_in_threadpool(mark_dispatched, self.engine, done)
+            await in_thread(mark_dispatched, self.engine, done)
 
     async def _flush_loop(self) -> None:
         """Mark dispatched in batches: one UPDATE for many events, not one per request."""
@@ -235,9 +280,9 @@ class Dispatcher:
 
     async def sweep_once(self, grace: timedelta | None = None) -> int:
         before = utcnow() - (self.sweep_grace if grace is None else grace)
-        pending = await run_in_threadpool(
-            undispatched, self.engine, received_before=before, limit=500
-        )
+        pending = await in_thread(undispatched, self.engine, received_before=before, limit=500)
+        if self.tenants is not None:
+            pending = [a for a in pending if a.event.tenant_id in self.tenants]
         for accepted in pending:
             if not accepted.notifications:
                 self.record_dispatched(accepted.event.id)

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from api.dispatch import Dispatcher
-from api.temporal import TemporalGateway
+from dispatching.outbox import Dispatcher
+from dispatching.temporal import TemporalGateway
 from tests.conftest import Herald, HeraldFactory, store_undispatched, unique
 from tests.fakes.provider import FakeProvider
 

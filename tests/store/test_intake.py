@@ -1,0 +1,67 @@
+"""The consumer's group commit: many events in one transaction, each refused alone."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from store.db import read_scope, session_scope
+from store.events import AcceptedEvent, RecipientSpec, UnknownSubscribersError
+from store.intake import AcceptRequest, accept_many
+from store.models import Event
+from store.subscribers import upsert_subscriber
+from tests.conftest import unique
+
+
+def _request(key: str | None, sub: str, n: int = 0) -> AcceptRequest:
+    return AcceptRequest(
+        type="order.placed",
+        data={"n": n},
+        actor=None,
+        recipients=[RecipientSpec(sub)],
+        idempotency_key=key,
+        request_fingerprint=f"fp-{n}",
+    )
+
+
+def test_a_refused_event_rolls_back_alone_and_a_repeated_key_is_one_event(engine: Engine) -> None:
+    tenant, sub = unique("tenant"), unique("u")
+    with session_scope(engine) as s:
+        upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
+    key = unique("k")
+    results = accept_many(
+        engine,
+        tenant,
+        [
+            _request(key, sub, 1),
+            _request(None, "nobody", 2),  # unknown subscriber: refused, nothing stored
+            _request(key, sub, 1),  # the same key and body again: the first event
+            _request(unique("k"), sub, 3),
+        ],
+    )
+    first, refused, again, last = results
+    assert isinstance(first, AcceptedEvent) and first.created
+    assert isinstance(refused, UnknownSubscribersError)
+    assert isinstance(again, AcceptedEvent) and not again.created
+    assert again.event.id == first.event.id
+    assert isinstance(last, AcceptedEvent) and last.created
+    with read_scope(engine) as s:
+        stored = s.exec(select(Event).where(col(Event.tenant_id) == tenant)).all()
+    assert sorted(e.data["n"] for e in stored) == [1, 3]
+
+
+def test_a_subscriber_upserted_by_a_refused_event_is_unknown_to_the_next(engine: Engine) -> None:
+    """The batch remembers which subscribers exist; a rolled-back upsert must not count."""
+    tenant, inline = unique("tenant"), unique("u")
+    refused_with_inline = AcceptRequest(
+        type="order.placed",
+        data={},
+        actor=None,
+        recipients=[RecipientSpec(inline, {"email": "x@example.com"}), RecipientSpec("nobody")],
+        idempotency_key=None,
+        request_fingerprint="fp",
+    )
+    results = accept_many(engine, tenant, [refused_with_inline, _request(None, inline)])
+    assert isinstance(results[0], UnknownSubscribersError)
+    assert isinstance(results[1], UnknownSubscribersError)
+    assert results[1].ids == [inline]
