@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.pacing import Pacer
 from activities.policies import (
+    ORPHANED,
     PERMANENT_PROVIDER,
     PERMANENT_RECIPIENT,
     PROVIDER_NOT_CONFIGURED,
@@ -37,6 +38,7 @@ from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
 from store.deliveries import (
     DeliveryContext,
+    DeliveryGone,
     add_sandbox_message,
     engaged_before,
     is_final,
@@ -44,7 +46,7 @@ from store.deliveries import (
     reopen,
     transition,
 )
-from store.engagement import TrackedLink, save_links
+from store.engagement import NewLink, save_links
 from store.lifecycle import mark_sent
 from store.models import Delivery, Preference, Subscriber
 from store.notifications import events_in_order, schedule
@@ -110,7 +112,7 @@ class Decision:
     """What ``DeliveryActivities.decide`` found: exactly one of these is set."""
 
     message: Message | None = None
-    links: list[TrackedLink] = field(default_factory=list)
+    links: list[NewLink] = field(default_factory=list)
     skip: str | None = None
     # The notification was stopped: every later step is skipped too.
     stopped: str | None = None
@@ -148,6 +150,12 @@ class DeliveryActivities:
 
     @activity.defn(name="deliver")
     def deliver(self, inp: DeliverInput) -> DeliverResult:
+        try:
+            return self._deliver(inp)
+        except DeliveryGone as exc:  # deleted while this attempt ran
+            raise orphaned(str(exc)) from exc
+
+    def _deliver(self, inp: DeliverInput) -> DeliverResult:
         channel = Channel(inp.step.channel)
         attempt = activity.info().attempt
         attempts = inp.prior_attempts + attempt
@@ -226,13 +234,13 @@ class DeliveryActivities:
 
     def _prepare(
         self, inp: DeliverInput, channel: Channel, attempt: int
-    ) -> DeliverResult | tuple[Message, str, list[TrackedLink]]:
+    ) -> DeliverResult | tuple[Message, str, list[NewLink]]:
         """Read everything without the write lock; write only for a skip, quiet hours or a
         broken template (see ``decide``)."""
         with read_scope(self.engine) as session:
             ctx = load_context(session, inp.delivery_id)
             if ctx is None:
-                raise ApplicationError(f"delivery {inp.delivery_id} not found", non_retryable=True)
+                raise orphaned(f"delivery {inp.delivery_id} does not exist")
             if is_final(ctx.delivery):
                 # Finished by an earlier attempt whose completion was lost: never resend.
                 return result_of(ctx.delivery)
@@ -299,7 +307,7 @@ class DeliveryActivities:
                 digest=digest,
             )
             if self.tracker is not None:
-                message, d.links = self.tracker.apply(message, inp.step, ctx.notification)
+                message, d.links = self.tracker.apply(message, inp.step, critical=inp.critical)
             d.message = message
         except NoAddressError as exc:
             d.skip = str(exc)
@@ -310,16 +318,26 @@ class DeliveryActivities:
     @activity.defn(name="record_failure")
     def record_failure(self, inp: RecordFailureInput) -> DeliverResult:
         """Mark a delivery failed once Temporal has given up on it (attempts or deadline)."""
-        with session_scope(self.engine) as session:
-            return result_of(
-                transition(session, inp.delivery_id, DeliveryStatus.FAILED, detail=inp.reason)
-            )
+        try:
+            with session_scope(self.engine) as session:
+                return result_of(
+                    transition(session, inp.delivery_id, DeliveryStatus.FAILED, detail=inp.reason)
+                )
+        except DeliveryGone as exc:
+            raise orphaned(str(exc)) from exc
 
     @activity.defn(name="reopen_delivery")
     def reopen_delivery(self, inp: ReopenInput) -> bool:
         """Failed → pending, so the next attempt may send; False if it was not failed."""
         with session_scope(self.engine) as session:
             return reopen(session, inp.delivery_id, inp.reason) is not None
+
+
+def orphaned(reason: str) -> ApplicationError:
+    """Non-retryable: a row that is gone stays gone, so retrying would only flood the logs."""
+    return ApplicationError(
+        f"{reason} (database reset or erased subscriber)", type=ORPHANED, non_retryable=True
+    )
 
 
 def apply_verdict(

@@ -14,7 +14,7 @@ from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.delivery import DeliverResult, result_of
+from activities.delivery import DeliverResult, orphaned, result_of
 from core.flows import DelayStep
 from core.preferences import next_local
 from core.templates import TemplateError, render
@@ -42,6 +42,8 @@ class StopInput(BaseModel):
 
 class ClaimDigestInput(BaseModel):
     notification_ids: list[str]
+    # The digest run's own id (workflow id and run id): a re-run returns the same claim.
+    claim_id: str | None = None
 
 
 class FlowActivities:
@@ -55,9 +57,7 @@ class FlowActivities:
         with read_scope(self.engine) as session:
             found = delay_context(session, inp.notification_id)
         if found is None:
-            raise ApplicationError(
-                f"notification {inp.notification_id} not found", non_retryable=True
-            )
+            raise orphaned(f"notification {inp.notification_id} does not exist")
         tz, data = found
         if step.until_local is not None:
             at = next_local(step.until_local, inp.now, tz)
@@ -90,4 +90,4 @@ class FlowActivities:
     @activity.defn(name="claim_digest")
     def claim_digest(self, inp: ClaimDigestInput) -> list[str]:
         with session_scope(self.engine) as session:
-            return claim_for_digest(session, inp.notification_ids)
+            return claim_for_digest(session, inp.notification_ids, inp.claim_id)

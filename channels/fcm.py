@@ -34,11 +34,14 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_TOKENS_PER_CALL = 500  # send_each's limit
 
 # Failures that mean "this token is dead": the caller removes it from the subscriber.
-# Note FCM also answers INVALID_ARGUMENT for a malformed message, not only a malformed token.
+# UnregisteredError is a NotFoundError, so check it first to report the precise code.
 _INVALID_TOKEN_ERRORS: tuple[tuple[type[exceptions.FirebaseError], str], ...] = (
     (messaging.UnregisteredError, "UNREGISTERED"),
-    (exceptions.InvalidArgumentError, "INVALID_ARGUMENT"),
+    (exceptions.NotFoundError, "NOT_FOUND"),
 )
+# INVALID_ARGUMENT is mostly a malformed message (e.g. data over 4 KB), which every token
+# would refuse alike: it fails the delivery and says nothing about the token, kept as is.
+MALFORMED = "INVALID_ARGUMENT"
 # Failures that a later attempt can fix.
 _TRANSIENT_ERRORS: tuple[type[exceptions.FirebaseError], ...] = (
     messaging.QuotaExceededError,
@@ -245,9 +248,17 @@ def _classify_all_failed(
 ) -> TransientProviderError | PermanentProviderError:
     errors = [exc for _, exc in failures]
     summary = "; ".join(sorted({_describe(exc) for exc in errors}))[:500]
+    if any(isinstance(exc, exceptions.InvalidArgumentError) for exc in errors):
+        # A retry cannot fix the message; the tokens were not at fault, only dead ones go.
+        return PermanentProviderError(
+            f"FCM refused the message as malformed: {summary}",
+            provider=PROVIDER,
+            code=MALFORMED,
+            invalid_tokens=invalid,
+        )
     if len(invalid) == len(failures):
         codes = [_invalid_token_code(exc) for exc in errors]
-        code = "UNREGISTERED" if "UNREGISTERED" in codes else "INVALID_ARGUMENT"
+        code = "UNREGISTERED" if "UNREGISTERED" in codes else "NOT_FOUND"
         return PermanentProviderError(
             f"all {len(failures)} token(s) rejected: {summary}",
             provider=PROVIDER,

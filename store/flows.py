@@ -5,6 +5,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
+from store.db import dialect_insert, table
 from store.models import Flow, FlowExit, utcnow
 
 
@@ -13,17 +14,25 @@ def get_flow(session: Session, tenant_id: str, key: str) -> Flow | None:
 
 
 def put_flow(session: Session, tenant_id: str, key: str, values: dict[str, Any]) -> Flow:
-    """Upsert; each change bumps ``version`` so a workflow's snapshot names what it ran."""
-    row = get_flow(session, tenant_id, key)
-    if row is None:
-        row = Flow(tenant_id=tenant_id, key=key, **values)
-    else:
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.version += 1
-        row.updated_at = utcnow()
-    session.add(row)
-    session.flush()
+    """Upsert; each change bumps ``version`` so a workflow's snapshot names what it ran.
+
+    One INSERT ... ON CONFLICT DO UPDATE, so concurrent PUTs of a new key all succeed
+    (a read-then-insert raced into an IntegrityError); the row lock it takes also keeps
+    the exit rows of two writers from interleaving.
+    """
+    fresh = Flow(tenant_id=tenant_id, key=key, **values)
+    flows = table(Flow)
+    stmt = dialect_insert(session)(flows).values(
+        **{c.name: getattr(fresh, c.name) for c in flows.columns}
+    )
+    update = {name: stmt.excluded[name] for name in values}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["tenant_id", "key"],
+        set_={**update, "version": flows.c.version + 1, "updated_at": utcnow()},
+    )
+    session.execute(stmt)
+    row = session.get(Flow, (tenant_id, key), populate_existing=True)
+    assert row is not None
     _set_exits(session, tenant_id, key, row.exit_on or [])
     return row
 

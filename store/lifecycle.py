@@ -20,8 +20,8 @@ from sqlmodel import Session, col
 
 from core.lifecycle import REACHES, Kind, Observation, Source, furthest
 from core.types import Channel, DeliveryStatus
-from store.db import session_scope
-from store.deliveries import FINAL, try_transition
+from store.db import session_scope, table
+from store.deliveries import FINAL, DeliveryGone, try_transition
 from store.engagement import suppress
 from store.models import Delivery, DeliveryEvent, Notification, Subscriber, utcnow
 from store.rollups import Increments, RollupKey, hour_of, rollup_key
@@ -132,7 +132,7 @@ def mark_sent(
     if row is None:  # finished by an earlier attempt whose completion was lost
         current = session.get(Delivery, delivery_id)
         if current is None:
-            raise LookupError(f"delivery {delivery_id} does not exist")
+            raise DeliveryGone(f"delivery {delivery_id} does not exist")
         return current
     own = incs is None
     incs = Increments() if incs is None else incs
@@ -206,7 +206,7 @@ def mark_sent_many(
             continue
         moved += len(rows)
         session.execute(
-            insert(DeliveryEvent),
+            insert(table(DeliveryEvent)),
             [
                 {
                     "tenant_id": tenant,

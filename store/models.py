@@ -324,6 +324,19 @@ class Notification(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class DigestClaim(SQLModel, table=True):
+    """Which closing digest took a notification, so a re-run of that claim (its completion
+    lost to a crash) returns the same set rather than a digest of one."""
+
+    __tablename__ = "digest_claims"
+    # One claim per notification: a second digest cannot take it again.
+    notification_id: str = Field(primary_key=True, max_length=64)
+    # The digest run that claimed it (workflow id and run id).
+    claim_id: str = Field(index=True, max_length=600)
+    # Order within the claim: the first carries the digest.
+    position: int = 0
+
+
 class DeliveryBase(SQLModel):
     channel: str = Field(max_length=16)
     status: str = Field(default=DeliveryStatus.PENDING.value, max_length=16)

@@ -71,9 +71,15 @@ class DigestWorkflow:
                 )
             )
         batch = self._items[: digest.max_items]
+        # One claim per run, so the run names it: a re-run after a lost completion (a
+        # crash) gets the same set back. Only the input changes, not the commands.
+        info = workflow.info()
         claimed = await workflow.execute_local_activity_method(
             FlowActivities.claim_digest,
-            ClaimDigestInput(notification_ids=[i.notification_id for i in batch]),
+            ClaimDigestInput(
+                notification_ids=[i.notification_id for i in batch],
+                claim_id=f"{info.workflow_id}/{info.run_id}",
+            ),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
             summary=f"close digest of {len(batch)} event(s)",

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.orchestration import FlowActivities, ResolveDelayInput, StopInput
     from activities.policies import (
         FAILOVER_ERROR_TYPES,
+        ORPHANED,
         RECORD_RETRY,
         RECORD_TIMEOUT,
         delivery_retry,
@@ -44,6 +45,9 @@ SA_FLOW = SearchAttributeKey.for_keyword("HeraldFlow")
 SA_SUBSCRIBER = SearchAttributeKey.for_keyword("HeraldSubscriber")
 SA_STATUS = SearchAttributeKey.for_keyword("HeraldStatus")
 SA_REPLAY = SearchAttributeKey.for_keyword("HeraldReplay")
+
+# Executions started before it recorded a vanished row's failure (retrying forever).
+ORPHANED_PATCH = "orphaned-ends-workflow"
 
 
 def identifying_attributes(inp: NotificationInput) -> list[SearchAttributePair[str]]:
@@ -166,6 +170,8 @@ class NotificationWorkflow:
                 )
             except (ActivityError, ApplicationError) as err:
                 # A local activity's failure may arrive unwrapped, as the ApplicationError.
+                if _orphaned(err) and workflow.patched(ORPHANED_PATCH):
+                    raise self._orphaned(inp, err) from err
                 # The event's data cannot say when (e.g. no timestamp): stop, saying why,
                 # rather than fail the workflow and leave the later deliveries pending.
                 self._mark(index, "failed", detail=_reason(err))
@@ -362,20 +368,45 @@ class NotificationWorkflow:
                     summary=f"step {index + 1}: {channel.value}{via}",
                 )
             except ActivityError as err:
+                if _orphaned(err) and workflow.patched(ORPHANED_PATCH):
+                    raise self._orphaned(inp, err) from err
                 attempts = max(attempts, _attempts(err))
                 if fallback is None or not _fails_over(err):
-                    return await self._record_failure(delivery_id, index, _reason(err))
+                    return await self._record_failure(inp, index, _reason(err))
                 workflow.logger.info("%s failed over to %s: %s", provider, fallback, _reason(err))
         raise AssertionError("unreachable: the last provider has no fallback")
 
-    async def _record_failure(self, delivery_id: str, index: int, reason: str) -> DeliverResult:
-        return await workflow.execute_local_activity_method(
-            DeliveryActivities.record_failure,
-            RecordFailureInput(delivery_id=delivery_id, reason=reason),
-            start_to_close_timeout=RECORD_TIMEOUT,
-            retry_policy=RECORD_RETRY,
-            summary=f"record step {index + 1} failed",
-        )
+    async def _record_failure(
+        self, inp: NotificationInput, index: int, reason: str
+    ) -> DeliverResult:
+        delivery_id = inp.delivery_ids[index]
+        assert delivery_id is not None
+        try:
+            return await workflow.execute_local_activity_method(
+                DeliveryActivities.record_failure,
+                RecordFailureInput(delivery_id=delivery_id, reason=reason),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=f"record step {index + 1} failed",
+            )
+        except (ActivityError, ApplicationError) as err:
+            if _orphaned(err) and workflow.patched(ORPHANED_PATCH):
+                raise self._orphaned(inp, err) from err
+            raise
+
+    def _orphaned(
+        self, inp: NotificationInput, err: ActivityError | ApplicationError
+    ) -> ApplicationError:
+        """The notification's rows are gone: fail the execution, saying so, and stop."""
+        self._set_status(NotificationStatus.FAILED)
+        reason = f"notification {inp.notification_id} is orphaned: {_reason(err)}"
+        workflow.set_current_details(reason)
+        return ApplicationError(reason, type=ORPHANED, non_retryable=True)
+
+
+def _orphaned(err: ActivityError | ApplicationError) -> bool:
+    cause = err if isinstance(err, ApplicationError) else err.cause
+    return isinstance(cause, ApplicationError) and cause.type == ORPHANED
 
 
 def _fails_over(err: ActivityError) -> bool:

@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from store.db import read_scope
+from store.models import Flow, FlowExit
 from tests.conftest import Herald
 
 STEP = {"channel": "email", "subject": "Hi", "text": "Hello"}
@@ -78,3 +85,25 @@ async def test_sandboxed_templates_cannot_reach_python_internals(herald: Herald)
     delivery = event["notifications"][0]["deliveries"][0]
     assert delivery["status"] == "failed"
     assert "template" in delivery["reason"]
+
+
+async def test_concurrent_puts_of_a_new_key_all_succeed_with_one_row(herald: Herald) -> None:
+    body = {"event_type": "user.signup", "steps": [STEP], "exit_on": ["user.deleted"]}
+    answers = await asyncio.gather(
+        *(herald.http.put("/v1/flows/racy", json=body) for _ in range(10))
+    )
+    assert [r.status_code for r in answers] == [200] * 10, [r.text for r in answers]
+    # Each PUT is one version: none lost, none repeated.
+    assert sorted(r.json()["version"] for r in answers) == list(range(1, 11))
+    with read_scope(herald.engine) as s:
+        flows = s.exec(
+            select(func.count())
+            .select_from(Flow)
+            .where(Flow.tenant_id == herald.tenant, Flow.key == "racy")
+        ).one()
+        exits = s.exec(
+            select(col(FlowExit.event_type)).where(
+                FlowExit.tenant_id == herald.tenant, FlowExit.flow_key == "racy"
+            )
+        ).all()
+    assert (flows, list(exits)) == (1, ["user.deleted"])

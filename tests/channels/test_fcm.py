@@ -77,14 +77,46 @@ def test_all_unregistered_is_permanent_with_invalid_tokens(provider, adapter, pu
     assert info.value.invalid_tokens == ("tok-dead",)
 
 
-def test_invalid_argument_is_permanent_with_invalid_tokens(provider, adapter, push):
-    fail_token(provider, "tok-garbage", "INVALID_ARGUMENT")
+def test_not_found_is_permanent_with_invalid_tokens(provider, adapter, push):
+    provider.fail("fcm", 404, when="tok-gone")  # NOT_FOUND with no FcmError detail
 
     with pytest.raises(PermanentProviderError) as info:
-        adapter.send(push("tok-garbage"))
+        adapter.send(push("tok-gone"))
+
+    assert info.value.code == "NOT_FOUND"
+    assert info.value.invalid_tokens == ("tok-gone",)
+    assert info.value.recipient
+
+
+def test_invalid_argument_is_a_malformed_message_not_a_dead_token(provider, adapter, push):
+    body = fcm_error_body("INVALID_ARGUMENT", "Message payload exceeds the 4096 bytes limit")
+    provider.fail("fcm", 400, body=body, times=None)
+
+    with pytest.raises(PermanentProviderError) as info:
+        adapter.send(push("tok-a", "tok-b"))
 
     assert info.value.code == "INVALID_ARGUMENT"
-    assert info.value.invalid_tokens == ("tok-garbage",)
+    assert info.value.invalid_tokens == ()
+    assert "malformed" in str(info.value) and "4096" in str(info.value)
+
+
+def test_invalid_argument_beside_a_dead_token_reports_only_the_dead_one(provider, adapter, push):
+    fail_token(provider, "tok-dead", "UNREGISTERED")
+    fail_token(provider, "tok-live", "INVALID_ARGUMENT")
+
+    with pytest.raises(PermanentProviderError) as info:
+        adapter.send(push("tok-dead", "tok-live"))
+
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.invalid_tokens == ("tok-dead",)
+
+
+def test_invalid_argument_of_one_token_among_sent_ones_removes_nothing(provider, adapter, push):
+    fail_token(provider, "tok-odd", "INVALID_ARGUMENT")
+
+    result = adapter.send(push("tok-good", "tok-odd"))
+
+    assert result.invalid_tokens == ()
 
 
 def test_mixed_result_succeeds_and_reports_dead_token(provider, adapter, push):

@@ -7,8 +7,8 @@ import asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from api.dispatch import dispatch
-from api.temporal import TemporalGateway
+from dispatching.outbox import dispatch
+from dispatching.temporal import TemporalGateway
 from tests.conftest import Herald, store_undispatched, unique
 from tests.fakes.provider import FakeProvider, sendgrid_error_body, twilio_error_body
 

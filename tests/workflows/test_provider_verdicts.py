@@ -81,10 +81,11 @@ async def test_fcm_dead_tokens_are_removed_and_live_ones_kept(
     await herald.put_flow(
         "ping", event_type="a.ping", steps=[{"channel": "push", "title": "t", "body": "b"}]
     )
-    for token, code in (("tok-gone", "UNREGISTERED"), ("tok-bad", "INVALID_ARGUMENT")):
-        fresh_provider.fail(
-            "fcm", fcm_error_status(code), body=fcm_error_body(code), when=token, times=None
-        )
+    code = "UNREGISTERED"
+    fresh_provider.fail(
+        "fcm", fcm_error_status(code), body=fcm_error_body(code), when="tok-gone", times=None
+    )
+    fresh_provider.fail("fcm", 404, when="tok-bad", times=None)  # NOT_FOUND, no FcmError
     event = await herald.wait_event((await herald.publish(type="a.ping", to=[sub]))["id"])
     (d,) = event["notifications"][0]["deliveries"]
     assert d["status"] == "sent"  # one live token is enough
@@ -97,3 +98,23 @@ async def test_fcm_dead_tokens_are_removed_and_live_ones_kept(
     assert (d["status"], d["attempts"]) == ("failed", 1)
     assert "UNREGISTERED" in d["reason"]
     assert (await herald.http.get(f"/v1/subscribers/{sub}")).json()["push_tokens"] == []
+
+
+async def test_fcm_invalid_argument_fails_the_delivery_and_keeps_every_token(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    sub = unique("u")
+    tokens = ["tok-a", "tok-b"]
+    await herald.put_subscriber(sub, push_tokens=tokens)
+    await herald.put_flow(
+        "ping", event_type="a.ping", steps=[{"channel": "push", "title": "t", "body": "b"}]
+    )
+    # What FCM answers for a message whose data is over 4 KB: every token refuses it alike.
+    body = fcm_error_body("INVALID_ARGUMENT", "Message payload exceeds the 4096 bytes limit")
+    fresh_provider.fail("fcm", 400, body=body, times=None)
+    event = await herald.wait_event((await herald.publish(type="a.ping", to=[sub]))["id"])
+    (d,) = event["notifications"][0]["deliveries"]
+    assert (d["status"], d["attempts"]) == ("failed", 1)  # non-retryable
+    assert "INVALID_ARGUMENT" in d["reason"] and "malformed" in d["reason"]
+    assert len(fresh_provider.requests("fcm")) == len(tokens)
+    assert (await herald.http.get(f"/v1/subscribers/{sub}")).json()["push_tokens"] == tokens
