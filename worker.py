@@ -7,8 +7,10 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import start_http_server
+
 from core.settings import get_settings
-from core.temporal import connect
+from core.temporal import connect, exit_process
 from store.db import init_db, make_engine
 from workflows.runtime import ALL_QUEUES, build_workers, parse_queues
 
@@ -18,6 +20,13 @@ log = logging.getLogger("herald.worker")
 async def main(queues_spec: str | None) -> None:
     settings = get_settings()
     queues = parse_queues(queues_spec)
+    if settings.worker_metrics_port is not None:
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            settings.worker_metrics_host,
+            settings.worker_metrics_port,
+        )
     engine = make_engine(settings.database_url)
     init_db(engine)
     client = await connect(settings)
@@ -46,4 +55,9 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(main(args.queues))
+    try:
+        asyncio.run(main(args.queues))
+    except Exception:
+        log.exception("worker failed")
+        exit_process(1)
+    exit_process(0)

@@ -9,13 +9,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, inspect
+from sqlalchemy import Table, event, inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
+
+from core.metrics import count_statements
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +25,17 @@ log = logging.getLogger(__name__)
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
+        engine = create_engine(
             url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800
         )
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
-    _configure_sqlite(engine)
+    else:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+        )
+        _configure_sqlite(engine)
+    count_statements(engine)
     return engine
 
 
@@ -105,6 +111,11 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         cur.close()
 
 
+def table(model: type[SQLModel]) -> Table:
+    """The model's Core table: bulk writes through it skip the ORM's per-row bookkeeping."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
 def dialect_insert(session: Session) -> Any:
     """PostgreSQL's or SQLite's ``insert``, both of which have ``on_conflict_do_*``."""
     if session.get_bind().dialect.name == "postgresql":
@@ -117,7 +128,7 @@ class SchemaOutdatedError(RuntimeError):
 
 
 def init_db(engine: Engine) -> None:
-    from store import engagement, models, rollups, topics  # noqa: F401  (registers the tables)
+    from store import engagement, models, rollups, status_stream, topics  # noqa: F401  (tables)
 
     SQLModel.metadata.create_all(engine)
     check_schema(engine)

@@ -16,9 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from core.temporal import connect_when_ready
 from scripts.run import temporal_command
 from tests.conftest import make_settings, open_api, unique
 from tests.fakes.net import free_port, wait_port
@@ -79,7 +78,7 @@ async def cluster(
     try:
         c.start_temporal()
         await wait_port(c.port)
-        client = await Client.connect(c.address, data_converter=pydantic_data_converter)
+        client = await connect_when_ready(c.address)
         settings, key, _ = make_settings(
             database_url,
             temporal_address=c.address,
@@ -92,6 +91,9 @@ async def cluster(
             dispatch_sweep_seconds=1,
             # Many batches, so a kill lands in the middle of a broadcast.
             broadcast_batch_size=20,
+            # One batch sent at a time, so at most one chunk of 20 can go out twice (with
+            # the default of two in flight, two chunks can).
+            broadcast_batches_in_flight=1,
         )
         async with AsyncExitStack() as stack:
             _, http = await open_api(stack, settings, key, client)
