@@ -21,6 +21,9 @@ PERMANENT_PROVIDER = "PermanentProviderError"
 PERMANENT_RECIPIENT = "PermanentRecipientError"
 PROVIDER_NOT_CONFIGURED = "ProviderNotConfigured"
 TEMPLATE_ERROR = "TemplateError"
+# The notification's or delivery's row is gone (database reset, erased subscriber): no
+# retry can bring it back, and the workflow ends rather than retry recording forever.
+ORPHANED = "Orphaned"
 
 # Failures that can never succeed by retrying; adapters raise them as non-retryable too.
 PERMANENT_ERROR_TYPES = [

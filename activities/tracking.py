@@ -8,8 +8,7 @@ from channels.base import EmailContent, Message, PushContent, SmsContent
 from core.flows import EmailStep, SendStep, SmsStep
 from core.settings import Settings
 from core.tracking import Links, Signer, TrackedUrl, rewrite_html, rewrite_text
-from store.engagement import TrackedLink
-from store.models import Notification
+from store.engagement import NewLink
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
@@ -20,8 +19,8 @@ class Tracker:
         self.links = Links(settings.base_url, Signer(settings.tracking_secret.get_secret_value()))
 
     def apply(
-        self, message: Message, step: SendStep, notification: Notification
-    ) -> tuple[Message, list[TrackedLink]]:
+        self, message: Message, step: SendStep, *, critical: bool
+    ) -> tuple[Message, list[NewLink]]:
         """The message with tracking added, and the links to store before it is sent.
 
         Unsubscribe headers are not tracking: every email of a non-critical flow carries
@@ -36,7 +35,7 @@ class Tracker:
             if html and tracking and isinstance(step, EmailStep) and step.track:
                 html, tracked = rewrite_html(html, self.links, did)
             headers = dict(content.headers)
-            if not notification.flow.get("critical", False):
+            if not critical:
                 headers["List-Unsubscribe"] = f"<{self.links.unsubscribe_url(did)}>"
                 headers["List-Unsubscribe-Post"] = ONE_CLICK
             content = dataclasses.replace(content, html=html, headers=headers)
@@ -50,8 +49,5 @@ class Tracker:
             if tracking:
                 data["herald_open_url"] = self.links.open_url(did, pixel=False)
             content = dataclasses.replace(content, data=data)
-        rows = [
-            TrackedLink(id=t.link_id, tenant_id=message.tenant_id, delivery_id=did, url=t.url)
-            for t in tracked
-        ]
+        rows = [NewLink(t.link_id, message.tenant_id, did, t.url) for t in tracked]
         return dataclasses.replace(message, content=content), rows

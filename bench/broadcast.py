@@ -35,6 +35,10 @@ PER_CALL = 10_000
 TOPIC, DELAY_TOPIC = "bench-bcast", "bench-bcast-delay"
 TAG = re.compile(r"bcast (\w+)")
 TIMEOUT = float(os.environ.get("HERALD_BENCH_BROADCAST_TIMEOUT", "900"))
+# After a run with one worker process for every queue (as `make run` starts it), the rest
+# run with the email queue's worker in a process of its own (`worker.py --queues email`):
+# the deployment that scales a channel apart. HERALD_BENCH_BROADCAST_SPLIT=0 keeps one.
+SPLIT = os.environ.get("HERALD_BENCH_BROADCAST_SPLIT", "1") != "0"
 
 
 def email_of(i: int) -> str:
@@ -112,15 +116,55 @@ async def run(bench: Bench) -> None:
     bench.results["broadcast"] = out
     await _setup(bench)
     out["import"] = await _import(bench)
+    out["split"] = SPLIT
+    if SPLIT:
+        out["one_process"] = await _broadcast(bench, inbox, "one", TOPIC, "bench-bcast", N)
+        out["one_process_rss_mb"] = _rss(bench)
+        bench.fake.reset()  # the fake keeps every body; drop them between runs
+        bench.procs.pop("worker").stop()
+        await _start_workers(bench, "-split")
     out["fast"] = await _broadcast(bench, inbox, "fast", TOPIC, "bench-bcast", N)
-    out["worker_peak_rss_mb"] = round(bench.procs["worker"].peak_rss_mb(), 1)
-    bench.fake.reset()  # the fake keeps every body; drop them between runs
-    out["crash"] = await _broadcast(bench, inbox, "crash", TOPIC, "bench-bcast", N, crash=True)
-    out["worker_after_crash_peak_rss_mb"] = round(bench.procs["worker"].peak_rss_mb(), 1)
+    out["worker_rss_mb"] = _rss(bench)
+    out["worker_peak_rss_mb"] = max(out["worker_rss_mb"].values())
+    bench.fake.reset()
+    if CRASH_AT > 0:  # HERALD_BENCH_BROADCAST_CRASH_AT=0 leaves the crash run out
+        out["crash"] = await _broadcast(bench, inbox, "crash", TOPIC, "bench-bcast", N, crash=True)
+        out["worker_after_crash_peak_rss_mb"] = max(_rss(bench).values())
     bench.fake.reset()
     delay_flow = "bench-bcast-delay"
     out["delay"] = await _broadcast(bench, inbox, "delay", DELAY_TOPIC, delay_flow, DELAY_N)
     bench.fake.reset()
+
+
+def _workers(bench: Bench) -> list[str]:
+    return [name for name in bench.procs if name.startswith("worker")]
+
+
+def _rss(bench: Bench) -> dict[str, float]:
+    return {name: round(bench.procs[name].peak_rss_mb(), 1) for name in _workers(bench)}
+
+
+async def _start_workers(bench: Bench, generation: str) -> None:
+    """The worker processes, started and serving: the email queue apart when SPLIT."""
+    from workflows.runtime import ALL_QUEUES
+
+    worker = [sys.executable, "worker.py"]
+    cmds = {"worker": worker}
+    if SPLIT:
+        rest = ",".join(q for q in ALL_QUEUES if q != "email")
+        cmds = {
+            "worker": [*worker, "--queues", rest],
+            "worker-email": [*worker, "--queues", "email"],
+        }
+    for name, cmd in cmds.items():
+        bench.procs[name] = spawn(name + generation, cmd, bench.env, bench.work)
+    deadline = time.monotonic() + 60
+    for name in cmds:
+        proc = bench.procs[name]
+        while "serving" not in proc.log_path.read_text(errors="replace"):
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} did not start: see {proc.log_path}")
+            await asyncio.sleep(0.1)
 
 
 async def _setup(bench: Bench) -> None:
@@ -227,16 +271,17 @@ async def _broadcast(
 async def _kill_worker(
     bench: Bench, inbox: Inbox, tag: str, after: int, t0: float
 ) -> dict[str, Any]:
-    """SIGKILL the worker once ``after`` addresses got their mail, and start a new one."""
+    """SIGKILL every worker process once ``after`` addresses got their mail; start new ones."""
     await asyncio.wait_for(inbox.expect(tag, after).wait(), TIMEOUT)
-    old = bench.procs["worker"]
-    os.killpg(old.popen.pid, signal.SIGKILL)
-    old.popen.wait(10)
+    for name in _workers(bench):
+        old = bench.procs.pop(name)
+        os.killpg(old.popen.pid, signal.SIGKILL)
+        old.popen.wait(10)
     killed_at = time.time()
     at = inbox.distinct(tag)
     await asyncio.sleep(0.5)  # requests the dead worker had on the wire land now
     settled = inbox.distinct(tag)
-    bench.procs["worker"] = spawn("worker-2", [sys.executable, "worker.py"], bench.env, bench.work)
+    await _start_workers(bench, "-2")
     say(f"broadcast {tag}: worker SIGKILL'd at {at:,} received ({killed_at - t0:.1f} s)")
     return {"killed_after_s": round(killed_at - t0, 2), "received_at_kill": settled}
 
@@ -303,7 +348,9 @@ def lines(r: dict[str, Any]) -> list[str]:
         f"broadcast import {b['recipients']:,}: {i['seconds']} s (slowest call of 10,000 "
         f"{i['call_max_s']} s); into the topic {i['topic_seconds']} s"
     ]
-    for name in ("fast", "crash", "delay"):
+    for name in ("one_process", "fast", "crash", "delay"):
+        if name not in b:
+            continue
         s = b[name]
         out.append(
             f"broadcast {name:<5} {s['n']:>7,}: {s['seconds']} s, {s['recipients_per_s']}/s, "
@@ -324,8 +371,15 @@ def lines(r: dict[str, Any]) -> list[str]:
                 for k, v in s["activities"].items()
             )
         )
+    if b.get("split"):
+        out.append(
+            "broadcast one_process: one worker process for every queue (as `make run` starts "
+            f"it), peak RSS {b['one_process_rss_mb']}; the runs after it: the email queue's "
+            f"worker in its own process, peak RSS {b['worker_rss_mb']} MB"
+        )
+    after = b.get("worker_after_crash_peak_rss_mb")
     out.append(
-        f"broadcast worker peak RSS {b['worker_peak_rss_mb']} MB "
-        f"(restarted worker {b['worker_after_crash_peak_rss_mb']} MB)"
+        f"broadcast worker peak RSS {b['worker_peak_rss_mb']} MB"
+        + ("" if after is None else f" (restarted workers {after} MB)")
     )
     return out

@@ -21,9 +21,7 @@ from sendgrid.helpers.mail import (
     Header,
     Mail,
     MimeType,
-    Personalization,
     Subject,
-    Substitution,
     To,
 )
 
@@ -125,9 +123,8 @@ class SendGridAdapter:
                 mail.add_content(Content(MimeType.text, text))
                 if html:
                     mail.add_content(Content(MimeType.html, html))
-                for position, (_, message, shared) in enumerate(part):
-                    mail.add_personalization(_personalization(message, shared), index=position)
                 body: dict[str, Any] = mail.get()
+                body["personalizations"] = [_personalization(m, s) for _, m, s in part]
                 requests.append(BatchRequest(tuple(i for i, _, _ in part), body))
         return requests, rejected
 
@@ -213,17 +210,22 @@ def shared_content(content: EmailContent) -> SharedContent:
     return SharedContent(text, html, substitutions, content)
 
 
-def _personalization(message: Message, shared: SharedContent) -> Personalization:
-    p = Personalization()
-    p.add_to(To(message.to[0]))
-    p.subject = shared.content.subject
-    for name, value in shared.content.headers.items():
-        p.add_header(Header(name, value))
-    for key, value in shared.substitutions.items():
-        p.add_substitution(Substitution(key, value))
+def _personalization(message: Message, shared: SharedContent) -> dict[str, Any]:
+    """One recipient's part of a v3 body, as ``Personalization.get()`` shapes it.
+
+    Built as a dict: the helper objects cost more than the rest of a 1,000-recipient
+    request. The request itself still goes through the SDK's client.
+    """
+    p: dict[str, Any] = {"to": [{"email": message.to[0]}], "subject": shared.content.subject}
+    if shared.content.headers:
+        p["headers"] = dict(shared.content.headers)
+    if shared.substitutions:
+        p["substitutions"] = dict(shared.substitutions)
     # Echoed back on SendGrid event webhooks, so events can be tied to the delivery.
-    p.add_custom_arg(CustomArg("herald_delivery_id", message.delivery_id))
-    p.add_custom_arg(CustomArg("herald_tenant_id", message.tenant_id))
+    p["custom_args"] = {
+        "herald_delivery_id": message.delivery_id,
+        "herald_tenant_id": message.tenant_id,
+    }
     return p
 
 

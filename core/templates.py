@@ -27,7 +27,11 @@ def check_template(source: str, *, html: bool = False) -> str:
 
 @lru_cache(maxsize=2048)
 def _compile(source: str, html: bool) -> Any:
-    return (_html_env if html else _env).from_string(source)
+    template = (_html_env if html else _env).from_string(source)
+    # Jinja keeps a template's globals as a ChainMap and walks all of it twice per render
+    # (a third of a broadcast's rendering time). Ours never change: a flat copy is the same.
+    template.globals = dict(template.globals)
+    return template
 
 
 def render(source: str, context: dict[str, Any], *, html: bool = False) -> str:

@@ -21,7 +21,8 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from core.audience import Audience
 from core.preferences import HHMM
 from core.types import DeliveryStatus, new_id, notification_workflow_id
-from store.events import PlannedNotification, fan_out, stop_notifications
+from store.events import deliveries_by_notification, plan_of, stop_notifications
+from store.fanout import PlannedNotification, fan_out
 from store.flows import flows_for_event, get_flow
 from store.models import Delivery, Event, Flow, Notification, UTCDateTime, utcnow
 from store.topics import audience_count, topic_exists
@@ -260,16 +261,8 @@ def _planned(session: Session, workflow_ids: set[str]) -> list[PlannedNotificati
     notifications = session.exec(
         select(Notification).where(col(Notification.workflow_id).in_(workflow_ids))
     ).all()
-    ids = [n.id for n in notifications]
-    steps: dict[str, dict[int, str]] = {}
-    for d in session.exec(select(Delivery).where(col(Delivery.notification_id).in_(ids))).all():
-        steps.setdefault(d.notification_id, {})[d.step_index] = d.id
-    return [
-        PlannedNotification(
-            n, [steps.get(n.id, {}).get(i) for i in range(len(n.flow.get("steps", [])))]
-        )
-        for n in notifications
-    ]
+    deliveries = deliveries_by_notification(session, [n.id for n in notifications])
+    return [plan_of(n, deliveries.get(n.id, [])) for n in notifications]
 
 
 def set_status(session: Session, broadcast_id: str, status: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Field, Session, SQLModel
 
-from store.db import dialect_insert
+from store.db import dialect_insert, table
 from store.models import UTCDateTime, utcnow
 
 
@@ -51,22 +52,32 @@ def suppress(
     session.execute(stmt.on_conflict_do_nothing())
 
 
-def save_links(session: Session, links: list[TrackedLink]) -> None:
+@dataclass(frozen=True)
+class NewLink:
+    """A tracked link to store before its message goes out (a plain row, not an ORM object)."""
+
+    id: str
+    tenant_id: str
+    delivery_id: str
+    url: str
+
+
+def save_links(session: Session, links: list[NewLink]) -> None:
+    """One executemany for a batch; a link a retried render made already is kept."""
     if not links:
         return
-    stmt = dialect_insert(session)(TrackedLink).values(
-        [
-            {
-                "id": link.id,
-                "tenant_id": link.tenant_id,
-                "delivery_id": link.delivery_id,
-                "url": link.url,
-                "created_at": link.created_at,
-            }
-            for link in links
-        ]
-    )
-    session.execute(stmt.on_conflict_do_nothing())
+    now = utcnow()
+    rows = [
+        {
+            "id": k.id,
+            "tenant_id": k.tenant_id,
+            "delivery_id": k.delivery_id,
+            "url": k.url,
+            "created_at": now,
+        }
+        for k in links
+    ]
+    session.execute(dialect_insert(session)(table(TrackedLink)).on_conflict_do_nothing(), rows)
 
 
 def get_link(session: Session, link_id: str) -> TrackedLink | None:

@@ -19,7 +19,7 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -75,6 +75,12 @@ class BroadcastWorkflow:
         if inp.local_time is not None and inp.zones is None:
             inp.zones = await self._plan_zones(inp)
         batches = 0
+        # The next batch's enrollment, started while this one is sent (patched in: older
+        # runs enrolled and sent strictly in turn).
+        ahead: tuple[str | None, str | None, asyncio.Task[EnrollResult]] | None = None
+        # Batches being sent (patched in, when more than one may be: older runs sent one
+        # batch and then enrolled the next).
+        sending: list[asyncio.Task[None]] = []
         while not self._cancelled:
             zone = None
             if inp.zones is not None:
@@ -92,20 +98,28 @@ class BroadcastWorkflow:
             await workflow.wait_condition(lambda: not self._paused or self._cancelled)
             if self._cancelled:
                 break
-            result: EnrollResult = await workflow.execute_activity_method(
-                BroadcastActivities.enroll_batch,
-                EnrollInput(
-                    broadcast_id=inp.broadcast_id,
-                    after=inp.after,
-                    limit=inp.batch_size,
-                    timezone=None if zone is None else zone.timezone,
-                ),
-                start_to_close_timeout=ENROLL_TIMEOUT,
-                retry_policy=ENROLL_RETRY,
-                summary=f"enroll after {inp.after or 'the start'}"
-                + ("" if zone is None else f" ({zone.timezone})"),
-            )
-            await self._start(inp, result)
+            tz = None if zone is None else zone.timezone
+            if ahead is not None and ahead[:2] == (inp.after, tz):
+                result = await ahead[2]
+            else:
+                result = await self._enroll(inp, inp.after, tz)
+            ahead = None
+            batches += 1
+            if (
+                result.next_after is not None
+                and batches < BATCHES_PER_RUN
+                and workflow.patched("broadcast-enroll-ahead")
+            ):
+                ahead = (
+                    result.next_after,
+                    tz,
+                    asyncio.ensure_future(self._enroll(inp, result.next_after, tz)),
+                )
+            send = asyncio.ensure_future(self._start(inp, result))
+            if inp.batches_in_flight > 1 and workflow.patched("broadcast-batches-in-flight"):
+                sending = await self._settle([*sending, send], inp.batches_in_flight - 1)
+            else:
+                await send
             inp.after = result.next_after
             inp.enrolled += len(result.items)
             inp.scanned += result.scanned
@@ -113,12 +127,18 @@ class BroadcastWorkflow:
                 if zone is None:
                     break
                 inp.zone += 1  # this timezone is done; the next one waits for its hour
-            batches += 1
-            if batches >= BATCHES_PER_RUN or workflow.info().is_continue_as_new_suggested():
+            suggested = ahead is None and workflow.info().is_continue_as_new_suggested()
+            if batches >= BATCHES_PER_RUN or suggested:
+                sending = await self._settle(sending, 0)
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     inp.model_copy(update={"paused": self._paused, "cancelled": self._cancelled})
                 )
+        await self._settle(sending, 0)
+        if ahead is not None:
+            # Cancelled with a batch enrolled ahead: its notifications exist before the
+            # cancellation below stops what has not been sent.
+            await ahead[2]
         status = "cancelled" if self._cancelled else "completed"
         await workflow.execute_activity_method(
             BroadcastActivities.finish_broadcast,
@@ -194,6 +214,27 @@ class BroadcastWorkflow:
             }
         )
 
+    @staticmethod
+    async def _settle(sending: list[asyncio.Task[None]], keep: int) -> list[asyncio.Task[None]]:
+        """Wait until at most ``keep`` batches are still being sent; a failed one raises."""
+        await workflow.wait_condition(lambda: sum(not t.done() for t in sending) <= keep)
+        for task in sending:
+            if task.done():
+                task.result()
+        return [t for t in sending if not t.done()]
+
+    async def _enroll(self, inp: BroadcastInput, after: str | None, tz: str | None) -> EnrollResult:
+        result: EnrollResult = await workflow.execute_activity_method(
+            BroadcastActivities.enroll_batch,
+            EnrollInput(
+                broadcast_id=inp.broadcast_id, after=after, limit=inp.batch_size, timezone=tz
+            ),
+            start_to_close_timeout=ENROLL_TIMEOUT,
+            retry_policy=ENROLL_RETRY,
+            summary=f"enroll after {after or 'the start'}" + ("" if tz is None else f" ({tz})"),
+        )
+        return result
+
     def _progress(self, inp: BroadcastInput) -> None:
         state = "paused: " if self._paused else ""
         workflow.set_current_details(
@@ -215,12 +256,35 @@ class BroadcastWorkflow:
         fast = [i for i in result.items if _fast(result.flows[i.flow_key])]
         deferred: set[str] = set()
         if fast:
-            deferred = await self._send_batches(inp, result, fast)
+            deferred = await self._send_fast(inp, result, fast)
         later = slow + [i for i in fast if deferred.intersection(filter(None, i.delivery_ids))]
         step = max(1, inp.starts_in_flight)
         for i in range(0, len(later), step):
             chunk = later[i : i + step]
             await asyncio.gather(*(self._child(inp, result, item) for item in chunk))
+
+    async def _send_fast(
+        self, inp: BroadcastInput, result: EnrollResult, items: list[EnrolledItem]
+    ) -> set[str]:
+        """The batch through the providers; a batch that fails past its channel's retry
+        policy pauses the broadcast instead of failing it (patched in: it used to fail)."""
+        while True:
+            try:
+                return await self._send_batches(inp, result, items)
+            except ActivityError as err:
+                if not workflow.patched("broadcast-pause-on-failed-batch"):
+                    raise
+                # The provider is down or refusing the batch: the unsent recipients stay
+                # pending and a resume sends them; what went out is recorded, never resent.
+                cause = err.cause or err
+                workflow.logger.warning("broadcast %s paused: %s", inp.broadcast_id, cause)
+                self._paused = True
+                await self._status(inp, "paused")
+                workflow.set_current_details(f"paused: a batch failed ({cause}); resume to retry")
+                await workflow.wait_condition(lambda: not self._paused or self._cancelled)
+                if self._cancelled:
+                    return set()
+                await self._status(inp, "running")
 
     async def _send_batches(
         self, inp: BroadcastInput, result: EnrollResult, items: list[EnrolledItem]
@@ -256,7 +320,13 @@ class BroadcastWorkflow:
                         summary=f"{channel.value} to {len(ids):,} ({key}, step {index + 1})",
                     )
                 )
-        sent: list[BatchDeliverResult] = await asyncio.gather(*calls)
+        # Every call settles before a failure is raised: a retried batch never overlaps
+        # a call of the same batch still running.
+        settled = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in settled:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        sent: list[BatchDeliverResult] = settled  # type: ignore[assignment]
         return {d for r in sent for d in r.deferred}
 
     async def _child(self, inp: BroadcastInput, result: EnrollResult, item: EnrolledItem) -> None:

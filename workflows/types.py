@@ -135,6 +135,9 @@ class BroadcastInput(BaseModel):
     batch_size: int = 200
     # How many notification starts are in flight at once.
     starts_in_flight: int = 100
+    # Batches being sent at once (each its own activity, so several channel workers share
+    # a broadcast); a worker killed mid-broadcast repeats at most these.
+    batches_in_flight: int = 1
     after: str | None = None
     enrolled: int = 0
     scanned: int = 0

@@ -20,12 +20,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.deps import EngineDep, GatewayDep, ReadSessionDep, SettingsDep, TenantDep, field_error
-from api.dispatch import configured
-from api.temporal import TemporalGateway, TemporalUnavailableError, signal_quietly
 from core.audience import Audience
 from core.flows import FlowDefinition
 from core.settings import Settings
 from core.types import broadcast_workflow_id
+from dispatching.outbox import configured
+from dispatching.temporal import TemporalGateway, TemporalUnavailableError, signal_quietly
 from store import broadcasts as q
 from store.db import read_scope, session_scope
 from store.models import utcnow
@@ -166,6 +166,7 @@ async def _start(
         local_time=row.local_time,
         template=template,
         batch_size=settings.broadcast_batch_size,
+        batches_in_flight=settings.broadcast_batches_in_flight,
     )
     attributes: list[SearchAttributePair[Any]] = [
         SearchAttributePair(SA_TENANT, row.tenant_id),

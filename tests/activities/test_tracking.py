@@ -25,9 +25,8 @@ from core.settings import Settings
 from core.tracking import Signer, TokenKind
 from core.types import Channel
 from store.db import read_scope, session_scope
-from store.engagement import TrackedLink
+from store.engagement import NewLink, TrackedLink
 from store.flows import put_flow
-from store.models import Notification
 from store.subscribers import upsert_subscriber
 from tests.conftest import accept_one, unique
 from tests.fakes.provider import FakeProvider
@@ -41,19 +40,6 @@ def settings(**overrides: Any) -> Settings:
     return Settings.model_validate({"env": "test", "public_url": BASE + "/", **overrides})
 
 
-def notification(critical: bool = False) -> Notification:
-    return Notification(
-        id="ntf_1",
-        tenant_id="t",
-        event_id="evt_1",
-        flow_key="f",
-        subscriber_id="u",
-        workflow_id="wf",
-        flow={"key": "f", "category": "news", "critical": critical},
-        category="news",
-    )
-
-
 def message(channel: Channel, content: Content) -> Message:
     return Message(delivery_id=DLV, tenant_id="t", channel=channel, to=("x",), content=content)
 
@@ -64,8 +50,8 @@ def email(html: str | None = HTML) -> Message:
 
 def apply(
     msg: Message, step: SendStep, *, critical: bool = False, **overrides: Any
-) -> tuple[Message, list[TrackedLink]]:
-    return Tracker(settings(**overrides)).apply(msg, step, notification(critical))
+) -> tuple[Message, list[NewLink]]:
+    return Tracker(settings(**overrides)).apply(msg, step, critical=critical)
 
 
 def unsubscribe_headers(content: Content) -> dict[str, str]:

@@ -206,6 +206,90 @@ async def test_pause_resume_and_cancel(herald: Herald, fresh_provider: FakeProvi
     assert len(_emailed(fresh_provider)) == 5
 
 
+async def test_a_provider_outage_pauses_the_broadcast_and_resume_sends_the_rest(
+    herald_factory: HeraldFactory, fresh_provider: FakeProvider
+) -> None:
+    fast = {"initial_interval": 0.1, "backoff_coefficient": 1, "maximum_attempts": 2}
+    herald = await herald_factory(broadcast_batch_size=4, retry_email=fast)
+    await herald.put_flow("sale", event_type="promo.sale", steps=[EMAIL])
+    members = _members(10)
+    await _topic(herald, members)
+    # The second batch of four (N4..N7) gets 503 until the fault is cleared; the others
+    # go out (the third one may, being sent alongside the second).
+    fresh_provider.fail("sendgrid", 503, times=None, when="N5")
+
+    created = await _broadcast(herald, flow="sale", audience={"topic": "beta"})
+    deadline = asyncio.get_running_loop().time() + 30
+    while (body := (await herald.http.get(f"/v1/broadcasts/{created['id']}")).json())[
+        "status"
+    ] != "paused":
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.2)
+    # Paused, not failed: the workflow is still running, nobody was marked failed.
+    handle = herald.client.get_workflow_handle(created["workflow_id"])
+    metadata = await handle.query("__temporal_workflow_metadata")
+    assert metadata.current_details.startswith("paused: a batch failed"), metadata
+    assert body["counts"]["failed"] == 0
+    # The third batch may still be on its way (it was sent alongside the second): let it land.
+    while (emailed := _emailed(fresh_provider)) and body["counts"]["sent"] != len(emailed):
+        assert asyncio.get_running_loop().time() < deadline, (body, emailed)
+        await asyncio.sleep(0.2)
+        body = (await herald.http.get(f"/v1/broadcasts/{created['id']}")).json()
+    assert body["counts"]["sent"] == len(emailed) == body["total"] - body["counts"]["pending"]
+    assert set(m["email"] for m in members[:4]) <= set(emailed)
+    assert not set(m["email"] for m in members[4:8]) & set(emailed)
+
+    fresh_provider.clear_faults()
+    r = await herald.http.post(f"/v1/broadcasts/{created['id']}/resume")
+    assert r.status_code == 200, r.text
+    done = await _until_done(herald, created["id"])
+    assert done["status"] == "completed"
+    assert done["counts"] == {"sent": 10, "failed": 0, "pending": 0, "skipped": {}}
+    # Everyone exactly once: the retried batch did not resend what had gone out.
+    assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in members)
+
+
+async def test_a_dead_letter_of_the_fast_path_is_retried_through_its_own_workflow(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    await herald.put_flow("promo", event_type="promo.once", steps=[EMAIL])
+    members = _members(3)
+    await _topic(herald, members)
+    fresh_provider.fail("sendgrid", 400, times=1)  # the batch's one request is refused
+
+    created = await _broadcast(herald, flow="promo", audience={"topic": "beta"})
+    done = await _until_done(herald, created["id"])
+    assert done["counts"]["failed"] == 3
+    assert _emailed(fresh_provider) == []
+    # Sent without a notification workflow: its retry starts one, which sends it again.
+    r = await herald.http.get("/v1/deliveries", params={"flow": "promo"})
+    dead = {d["subscriber_id"]: d for d in r.json()}
+    first = dead[members[0]["id"]]
+    r = await herald.http.post(f"/v1/notifications/{first['notification_id']}/retry")
+    assert r.status_code == 202, r.text
+    handle = herald.client.get_workflow_handle(first["workflow_id"])
+    await asyncio.wait_for(handle.result(), 30)
+    assert _emailed(fresh_provider) == [members[0]["email"]]
+    assert (await herald.delivery(first["delivery_id"]))["status"] == "sent"
+    tagged = f'HeraldBroadcast="{created["id"]}" AND WorkflowType="NotificationWorkflow"'
+    await visible(herald.client, tagged, 1)
+    # Done now: a second retry has nothing left to do.
+    r = await herald.http.post(f"/v1/notifications/{first['notification_id']}/retry")
+    assert r.status_code == 409, r.text
+    # The bulk retry takes the other two the same way.
+    r = await herald.http.post("/v1/deliveries/retry", json={"flow": "promo"})
+    assert r.status_code == 202, r.text
+    assert sorted(r.json()["notifications"]) == sorted(
+        dead[m["id"]]["notification_id"] for m in members[1:]
+    )
+    await _until_done(herald, created["id"])
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(_emailed(fresh_provider)) < 3:
+        assert asyncio.get_running_loop().time() < deadline, _emailed(fresh_provider)
+        await asyncio.sleep(0.1)
+    assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in members)
+
+
 async def test_bad_requests_name_the_field(herald: Herald) -> None:
     await herald.put_flow("x", event_type="x.y", steps=[EMAIL])
     cases = [
