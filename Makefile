@@ -1,5 +1,6 @@
 # Herald developer entry points. Everything runs from the project's own .venv.
-#   make run    Temporal dev server + worker + API in the foreground (Ctrl-C stops all)
+#   make run    Temporal dev server + worker + API in the foreground (Ctrl-C stops all),
+#               plus the broker consumer (python -m ingest) when HERALD_BROKER_URL is set
 #   make test   lint, then the suite on SQLite and again on PostgreSQL
 #   make lint   ruff + mypy
 #   make bench  load benchmark (bench/)

@@ -6,10 +6,11 @@ import base64
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.retry import RetrySpec
 from core.types import Channel
@@ -26,6 +27,17 @@ SANDBOX = "sandbox"
 # A fixed dev secret keeps signatures reproducible locally; production refuses it.
 DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herald-dev-webhook-secret-0001").decode()
 DEV_TRACKING_SECRET = "herald-dev-tracking-secret-0001"
+
+# Broker URL schemes the consumer (python -m ingest) speaks; Kafka is not supported yet.
+BrokerKind = Literal["rabbit", "nats"]
+BROKER_SCHEMES: dict[str, BrokerKind] = {
+    "amqp": "rabbit",
+    "amqps": "rabbit",
+    "nats": "nats",
+    "tls": "nats",
+}
+# A tenant is the first word of a routing key (RabbitMQ) or a subject token (NATS).
+_BROKER_NAME_FORBIDDEN = set(".*#> \t")
 
 
 class Settings(BaseSettings):
@@ -101,10 +113,28 @@ class Settings(BaseSettings):
     rate_limit_webhook: float | None = Field(default=None, gt=0)
 
     worker_max_concurrent_activities: int = Field(default=64, ge=1)
+    # Prometheus metrics of a worker process (the API serves its own at /metrics).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
     # Audience members a broadcast enrolls per batch (one transaction, one cursor commit).
     broadcast_batch_size: int = Field(default=200, ge=1, le=1000)
+    # Batches of one broadcast sent at once, so several channel workers share it.
+    broadcast_batches_in_flight: int = Field(default=2, ge=1, le=8)
     # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.
     dispatch_sweep_seconds: float = Field(default=5.0, ge=0)
+
+    # Event ingestion from a broker (``python -m ingest``): amqp://… (RabbitMQ) or nats://…
+    # (NATS JetStream); unset turns it off.
+    broker_url: SecretStr | None = None
+    # The tenants whose events the consumer takes, e.g. HERALD_BROKER_TENANTS=acme,globex.
+    broker_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Unacknowledged messages a consumer process holds per tenant: bounds its memory.
+    broker_prefetch: int = Field(default=64, ge=1, le=10_000)
+    # First word of every broker name: exchange <prefix>.events, queue <prefix>.events.dead.
+    broker_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # The status stream (exchange <prefix>.status) has one publisher at a time; another
+    # consumer process takes over this long after it stopped renewing its lease.
+    status_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -117,6 +147,31 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError("the part after whsec_ must be base64") from exc
         return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        scheme = urlsplit(v.get_secret_value()).scheme
+        if scheme.startswith("kafka"):
+            raise ValueError("Kafka is not supported yet; use amqp:// (RabbitMQ) or nats://")
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"expected one of {', '.join(s + '://' for s in BROKER_SCHEMES)}")
+        return v
+
+    @field_validator("broker_tenants", mode="before")
+    @classmethod
+    def _split_tenants(cls, v: object) -> object:
+        """Comma-separated in the environment; a list when set in code."""
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list):
+            return v
+        names = list(dict.fromkeys(str(t).strip() for t in items if str(t).strip()))
+        bad = [t for t in names if _BROKER_NAME_FORBIDDEN & set(t) or len(t) > 64]
+        if bad:
+            raise ValueError(f"broker tenant names may not contain . * # > or spaces: {bad}")
+        return names
 
     @field_validator("providers")
     @classmethod
@@ -193,6 +248,25 @@ class Settings(BaseSettings):
             n for n in KNOWN_PROVIDERS[channel] if self.provider_configured(n)
         ]
         return names or [SANDBOX]
+
+    @property
+    def broker_kind(self) -> BrokerKind | None:
+        """Which broker ``broker_url`` names; None when ingestion is off."""
+        if self.broker_url is None:
+            return None
+        return BROKER_SCHEMES[urlsplit(self.broker_url.get_secret_value()).scheme]
+
+    @property
+    def broker_address(self) -> str | None:
+        """``broker_url`` without its password, for logs and banners."""
+        if self.broker_url is None:
+            return None
+        parts = urlsplit(self.broker_url.get_secret_value())
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        return parts._replace(netloc=netloc).geturl()
 
     @property
     def base_url(self) -> str:

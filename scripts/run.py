@@ -5,7 +5,10 @@ Starts, in order:
 1. ``temporal server start-dev`` (skipped when ``HERALD_TEMPORAL_ADDRESS`` is set), persisted
    in ``<data_dir>/temporal.db`` with Herald's search attributes registered;
 2. the worker (``python worker.py``);
-3. the API (``uvicorn --factory api.main:create_app``).
+3. the API (``uvicorn --factory api.main:create_app``);
+4. when ``HERALD_BROKER_URL`` is set, the broker consumer (``python -m ingest``), once the API
+   has created the tenants; it consumes for ``HERALD_BROKER_TENANTS``, by default the dev
+   key's tenant.
 
 Every child runs in its own process group and its output is streamed with a ``[name]``
 prefix. On SIGINT/SIGTERM/SIGHUP, or when a child exits on its own, the children are stopped
@@ -41,6 +44,9 @@ READY_MARKER = "Herald is running"
 
 TEMPORAL_START_TIMEOUT = 60.0
 API_START_TIMEOUT = 90.0
+INGEST_START_TIMEOUT = 30.0
+# Logged by the consumer (ingest/app.py) once it consumes.
+INGEST_READY = "consuming events for"
 STOP_GRACE_SECONDS = 10.0
 
 _out_lock = threading.Lock()
@@ -309,7 +315,50 @@ def _wait_for_health(sup: Supervisor, url: str, timeout: float) -> None:
         sup.sleep(0.3)
 
 
-def _banner(api_base: str, ui_url: str, key: str, tenant: str, key_source: str) -> str:
+def _wait_for_output(sup: Supervisor, child: Child, marker: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(marker in line for line in list(child.tail)):
+        sup.check()  # raises with the child's output if it exited (a bad setting, no broker)
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"{child.name} did not log {marker!r} within {timeout:.0f}s; last output:\n"
+                f"{child.tail_text()}"
+            )
+        sup.sleep(0.2)
+
+
+def _broker_lines(env: dict[str, str]) -> str:
+    """Where to publish, for the banner: the names ingest/names.py derives."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from core.settings import Settings
+    from ingest.names import Names
+
+    settings = Settings.model_validate(
+        {
+            "broker_url": env["HERALD_BROKER_URL"],
+            "broker_tenants": env["HERALD_BROKER_TENANTS"],
+            "broker_prefix": env.get("HERALD_BROKER_PREFIX") or "herald",
+        }
+    )
+    names, tenant = Names(settings.broker_prefix), settings.broker_tenants[0]
+    if settings.broker_kind == "nats":
+        where = f"JetStream subject {settings.broker_prefix}.events.{tenant}.<event type>"
+        dead = f"subject {names.dead_subject}"
+    else:
+        where = f"exchange {names.exchange}, routing key {tenant}.<event type>"
+        dead = f"queue {names.dead_queue}"
+    return (
+        f"\n  Broker       {settings.broker_address}   (tenants "
+        f"{', '.join(settings.broker_tenants)})"
+        f"\n               publish to {where}"
+        f"\n               body: the JSON of POST /v1/events; dead letters: {dead}"
+    )
+
+
+def _banner(
+    api_base: str, ui_url: str, key: str, tenant: str, key_source: str, broker: str = ""
+) -> str:
     auth = '-H "Authorization: Bearer $HERALD_KEY"'
     js = "-H 'Content-Type: application/json'"
     subscriber = {"email": "ada@example.com", "name": "Ada"}
@@ -333,6 +382,7 @@ def _banner(api_base: str, ui_url: str, key: str, tenant: str, key_source: str) 
   Dashboard    {api_base}/dashboard   (sign in with the API key below)
   Temporal UI  {ui_url}
   API key      {key}   (tenant "{tenant}"; from {key_source})
+  AsyncAPI     {api_base}/asyncapi.json{broker}
 
   Try it (copy-paste):
 
@@ -411,7 +461,15 @@ def run(sup: Supervisor) -> None:
     )  # fmt: skip
     api_base = f"http://{_url_host(api_client_host)}:{api_port}"
     _wait_for_health(sup, f"{api_base}/healthz", API_START_TIMEOUT)
-    _write(_banner(api_base, ui_url, key, tenant, key_source))
+    broker = ""
+    if env.get("HERALD_BROKER_URL", "").strip():
+        # After the API: it has created the dev key's tenant the consumer checks for.
+        if not env.get("HERALD_BROKER_TENANTS", "").strip():
+            env["HERALD_BROKER_TENANTS"] = tenant
+        ingest = sup.start("ingest", [sys.executable, "-m", "ingest"], env)
+        _wait_for_output(sup, ingest, INGEST_READY, INGEST_START_TIMEOUT)
+        broker = _broker_lines(env)
+    _write(_banner(api_base, ui_url, key, tenant, key_source, broker))
 
     while True:
         sup.sleep(0.5)
