@@ -29,6 +29,8 @@ from workflows.notification import NotificationWorkflow
 
 WORKFLOWS_QUEUE = "workflows"
 ALL_QUEUES = (WORKFLOWS_QUEUE, *(c.value for c in Channel))
+# Every workflow the worker serves; the replay test checks each has recorded histories.
+WORKFLOW_TYPES = (NotificationWorkflow, DigestWorkflow, BroadcastWorkflow)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def build_workers(
                 Worker(
                     client,
                     task_queue=settings.workflow_task_queue,
-                    workflows=[NotificationWorkflow, DigestWorkflow, BroadcastWorkflow],
+                    workflows=list(WORKFLOW_TYPES),
                     # Short database work next to the workflow, local but for a broadcast's
                     # batches, which may take longer than a workflow task.
                     activities=[

@@ -10,6 +10,7 @@ from temporalio.api.enums.v1 import EventType
 
 from tests.conftest import Herald, HeraldFactory, unique
 from tests.fakes.provider import FakeProvider
+from tests.histories import keep_history
 from tests.workflows.test_notification import visible
 
 EMAIL = {"channel": "email", "subject": "News for {{ subscriber.name }}", "text": "{{ data.n }}"}
@@ -93,6 +94,7 @@ async def test_every_member_gets_it_once_across_batches_and_runs(
     # The broadcast ran twice (continue-as-new after 10 batches), each run in the UI.
     tagged = f'HeraldTenant="{herald.tenant}" AND HeraldBroadcast="{created["id"]}"'
     await visible(herald.client, f'{tagged} AND WorkflowType="BroadcastWorkflow"', 2)
+    await keep_history(herald.client, created["workflow_id"], "broadcast-fast-path")
 
 
 async def test_a_flow_with_a_delay_gets_a_workflow_per_recipient(
@@ -110,6 +112,7 @@ async def test_a_flow_with_a_delay_gets_a_workflow_per_recipient(
     assert sorted(_emailed(fresh_provider)) == sorted(m["email"] for m in members)
     tagged = f'HeraldTenant="{herald.tenant}" AND HeraldBroadcast="{created["id"]}"'
     await visible(herald.client, f'{tagged} AND WorkflowType="NotificationWorkflow"', 6)
+    await keep_history(herald.client, created["workflow_id"], "broadcast-per-recipient")
 
 
 async def test_quiet_hours_hand_a_recipient_to_its_own_workflow(
@@ -204,6 +207,7 @@ async def test_pause_resume_and_cancel(herald: Herald, fresh_provider: FakeProvi
     done = await _until_done(herald, paused["id"])
     assert done["counts"]["sent"] == 5
     assert len(_emailed(fresh_provider)) == 5
+    await keep_history(herald.client, paused["workflow_id"], "broadcast-paused-resumed")
 
 
 async def test_a_provider_outage_pauses_the_broadcast_and_resume_sends_the_rest(

@@ -10,6 +10,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from tests.conftest import Herald, HeraldFactory, unique, venv_binary
 from tests.fakes.provider import FakeProvider
+from tests.histories import keep_history
 from tests.workflows.test_notification import visible
 
 FAST = {"initial_interval": "PT0.1S", "backoff_coefficient": 1, "maximum_attempts": 2}
@@ -73,6 +74,7 @@ async def test_exhausted_delivery_waits_and_is_sent_after_a_cli_retry_signal(
     assert d["status"] == "sent"
     assert [r.status for r in fresh_provider.requests("sendgrid")] == [503, 503, 202]
     assert (await herald.http.get("/v1/deliveries")).json() == []
+    await keep_history(herald.client, workflow_id, "notification-dead-letter-retry")
 
 
 async def test_api_retry_resends_only_the_failed_channel(

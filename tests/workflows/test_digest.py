@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.conftest import Herald, unique
 from tests.fakes.provider import FakeProvider
+from tests.histories import keep_first, keep_history
 
 DIGEST_FLOW: dict[str, Any] = {
     "event_type": "comment.created",
@@ -76,6 +77,9 @@ async def test_fifty_events_in_one_second_make_exactly_one_digest(
     # The window has closed for good: nothing else goes out.
     await asyncio.sleep(4)
     assert len(fresh_provider.requests("sendgrid")) == 1
+    digest = f'HeraldTenant="{herald.tenant}" AND WorkflowType="DigestWorkflow"'
+    await keep_first(herald.client, digest, "digest-window")
+    await keep_history(herald.client, sent[0]["workflow_id"], "notification-digest-carrier")
 
 
 async def test_different_keys_make_separate_digests(

@@ -11,6 +11,7 @@ from dispatching.outbox import dispatch
 from dispatching.temporal import TemporalGateway
 from tests.conftest import Herald, store_undispatched, unique
 from tests.fakes.provider import FakeProvider, sendgrid_error_body, twilio_error_body
+from tests.histories import keep_history
 
 EMAIL_STEP = {"channel": "email", "subject": "Hi", "text": "Hello"}
 SMS_STEP = {"channel": "sms", "text": "Hello"}
@@ -54,6 +55,8 @@ async def test_workflows_are_filterable_by_subscriber_and_status(
     attrs = {p.key.name: p.value for p in desc.typed_search_attributes}
     # No PII: only ids and keys, never the email address.
     assert "ok@example.com" not in repr(attrs)
+    await keep_history(herald.client, wf_ok, "notification-plain-send")
+    await keep_history(herald.client, wf_failed, "notification-permanent-failure")
 
 
 async def test_permanent_error_fails_at_once_with_provider_reason(
@@ -87,6 +90,8 @@ async def test_transient_error_is_retried_by_temporal_then_sent(
     assert d["reason"] is None
     statuses = [r.status for r in fresh_provider.requests("sendgrid")]
     assert statuses == [503, 503, 202]
+    workflow_id = event["notifications"][0]["workflow_id"]
+    await keep_history(herald.client, workflow_id, "notification-retried")
 
 
 async def test_repeated_dispatch_of_the_same_event_is_a_no_op(

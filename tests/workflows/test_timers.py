@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Herald, unique
 from tests.fakes.provider import FakeProvider
+from tests.histories import keep_history
 
 
 @pytest.fixture
@@ -186,6 +187,7 @@ async def test_escalation_sends_sms_when_nobody_acknowledges(
     assert len(fresh_provider.requests("fcm")) == 1
     assert len(fresh_provider.requests("twilio")) == 1
     assert await _timers(herald, n["workflow_id"]) == [timedelta(minutes=15)]
+    await keep_history(herald.client, n["workflow_id"], "notification-escalation")
 
 
 async def test_acknowledgement_ends_the_wait_and_skips_the_sms(
@@ -315,6 +317,7 @@ async def test_quiet_hours_hold_an_sms_until_they_end_then_send_it(
     (fired,) = await _fired(herald, n["workflow_id"])
     assert abs(fired - end.replace(second=0, microsecond=0)) < timedelta(seconds=1)
     assert len(fresh_provider.requests("twilio")) == 1
+    await keep_history(herald.client, n["workflow_id"], "notification-quiet-hours")
 
 
 async def test_a_delay_timestamp_the_event_lacks_stops_the_notification_saying_why(
