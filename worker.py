@@ -10,6 +10,7 @@ import signal
 from prometheus_client import start_http_server
 
 from core.settings import get_settings
+from core.telemetry import Telemetry, configure_logging
 from core.temporal import connect, exit_process
 from store.db import init_db, make_engine
 from workflows.runtime import ALL_QUEUES, build_workers, parse_queues
@@ -29,7 +30,8 @@ async def main(queues_spec: str | None) -> None:
         )
     engine = make_engine(settings.database_url)
     init_db(engine)
-    client = await connect(settings)
+    telemetry = Telemetry.start(settings, "herald-worker")
+    client = await connect(settings, telemetry.interceptors())
     workers, executor = build_workers(client, settings, engine, queues)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,6 +47,7 @@ async def main(queues_spec: str | None) -> None:
             raise task.exception()  # type: ignore[misc]
     executor.shutdown(wait=True)
     engine.dispose()
+    telemetry.shutdown()
     log.info("worker stopped")
 
 
@@ -54,7 +57,7 @@ if __name__ == "__main__":
         "--queues", help=f"comma-separated subset of {','.join(ALL_QUEUES)} (default: all)"
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(get_settings())
     try:
         asyncio.run(main(args.queues))
     except Exception:

@@ -32,6 +32,7 @@ from api.routes import (
     tracking,
 )
 from core.settings import Settings, get_settings
+from core.telemetry import Telemetry, configure_logging
 from dispatching.outbox import Dispatcher
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError
 from ingest.app import asyncapi_schema
@@ -43,6 +44,9 @@ log = logging.getLogger("herald.api")
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
     settings = settings or get_settings()
+    telemetry = Telemetry.start(settings, "herald-api")
+    if settings.log_format == "json":  # uvicorn leaves the root logger to the app
+        configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,7 +54,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         await run_in_threadpool(init_db, engine)
         with session_scope(engine) as session:
             ensure_api_keys(session, settings.api_key_map())
-        gateway = TemporalGateway(settings, client)
+        gateway = TemporalGateway(settings, client, telemetry.interceptors())
         with contextlib.suppress(TemporalUnavailableError):
             await gateway.client()  # learn now whether Temporal is there; 503s follow if not
         dispatcher = Dispatcher(engine, gateway, settings)
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             await recorder.stop()  # queued hits are written before the engine goes
             await dispatcher.stop()
             engine.dispose()
+            telemetry.shutdown()  # the last spans are exported before the process goes
 
     app = FastAPI(
         title="Herald",
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         schedules,
     ):
         app.include_router(module.router)
+    telemetry.instrument_app(app)
 
     @app.get("/asyncapi.json", include_in_schema=False)
     async def asyncapi() -> JSONResponse:

@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     # Audience members a broadcast enrolls per batch (one transaction, one cursor commit).
     broadcast_batch_size: int = Field(default=200, ge=1, le=1000)
+    # OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318); unset: no traces, no cost.
+    otel_endpoint: str | None = None
+    # "json" for one JSON object per line with tenant, event, delivery and trace ids.
+    log_format: Literal["text", "json"] = "text"
     # Batches of one broadcast sent at once, so several channel workers share it.
     broadcast_batches_in_flight: int = Field(default=2, ge=1, le=8)
     # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.

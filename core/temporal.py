@@ -6,9 +6,10 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
@@ -16,8 +17,13 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def connect(settings: Settings) -> Client:
-    return await connect_when_ready(settings.temporal_target, namespace=settings.temporal_namespace)
+async def connect(settings: Settings, interceptors: Sequence[Interceptor] = ()) -> Client:
+    """``interceptors``: tracing (core.telemetry), which workers built on the client share."""
+    return await connect_when_ready(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        interceptors=list(interceptors),
+    )
 
 
 async def connect_when_ready(target: str, within: float = 60, **options: Any) -> Client:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
+from opentelemetry.context import Context
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.common import (
@@ -30,6 +31,7 @@ from temporalio.service import RPCError
 
 from core.flows import FlowDefinition
 from core.settings import Settings
+from core.telemetry import attached, current_context, log_ids
 from core.templates import TemplateError, render
 from core.types import Channel, digest_workflow_id
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError, signal_open
@@ -215,7 +217,9 @@ class Dispatcher:
         self.engine = engine
         self.gateway = gateway
         self.settings = settings
-        self.queue: asyncio.Queue[AcceptedEvent] = asyncio.Queue(max_queue)
+        # Each event travels with the trace context it was accepted in, so its workflow
+        # starts join the request's trace (nothing is traced without HERALD_OTEL_ENDPOINT).
+        self.queue: asyncio.Queue[tuple[AcceptedEvent, Context]] = asyncio.Queue(max_queue)
         self.concurrency = concurrency
         self.sweep_every = settings.dispatch_sweep_seconds
         self.sweep_grace = sweep_grace
@@ -227,7 +231,7 @@ class Dispatcher:
     def submit(self, accepted: AcceptedEvent) -> bool:
         """Queue without waiting; False means the sweep will pick the event up later."""
         try:
-            self.queue.put_nowait(accepted)
+            self.queue.put_nowait((accepted, current_context()))
             return True
         except asyncio.QueueFull:
             log.warning("dispatch queue full; event %s left for the sweep", accepted.event.id)
@@ -253,9 +257,10 @@ class Dispatcher:
 
     async def _drain(self) -> None:
         while True:
-            accepted = await self.queue.get()
+            accepted, trace_context = await self.queue.get()
             try:
-                await dispatch(self.gateway, self.settings, accepted)
+                with attached(trace_context), log_ids(tenant_id=accepted.event.tenant_id):
+                    await dispatch(self.gateway, self.settings, accepted)
                 self.record_dispatched(accepted.event.id)
             except TemporalUnavailableError as exc:
                 log.warning("event %s not dispatched: %s", accepted.event.id, exc)

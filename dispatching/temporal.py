@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.settings import Settings
@@ -19,9 +20,15 @@ class TemporalUnavailableError(Exception):
 
 
 class TemporalGateway:
-    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client | None = None,
+        interceptors: Sequence[Interceptor] = (),
+    ) -> None:
         self._settings = settings
         self._client = client
+        self._interceptors = interceptors
         self._lock = asyncio.Lock()
         self.last_error: str | None = None
 
@@ -43,7 +50,7 @@ class TemporalGateway:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        connect(self._settings),
+                        connect(self._settings, self._interceptors),
                         timeout=self._settings.temporal_connect_timeout_seconds,
                     )
                 except Exception as exc:

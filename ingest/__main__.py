@@ -9,6 +9,7 @@ from aiormq.exceptions import AMQPConnectionError
 from nats.errors import NoServersError
 
 from core.settings import get_settings
+from core.telemetry import configure_logging
 from core.temporal import exit_process
 from ingest.app import ConfigError, IngestService
 
@@ -16,8 +17,8 @@ log = logging.getLogger("herald.ingest")
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    configure_logging(settings)
     try:
         service = IngestService(settings)
     except ConfigError as exc:

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from activities.batch_delivery import BatchDelivery
 from activities.broadcast import BroadcastActivities
 from activities.delivery import DeliveryActivities
+from activities.logcontext import LogContextInterceptor
 from activities.orchestration import FlowActivities
 from activities.pacing import Pacer
 from activities.tracking import Tracker
@@ -106,6 +107,7 @@ def build_workers(
                     ],
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,
+                    interceptors=[LogContextInterceptor()],
                 )
             )
         else:
@@ -117,6 +119,7 @@ def build_workers(
                     activities=[acts.deliver, batch.deliver_batch],
                     activity_executor=executor,
                     max_concurrent_activities=per_queue,
+                    interceptors=[LogContextInterceptor()],
                     # Enforced by the server for the whole queue, so it holds across
                     # every worker process serving this channel.
                     max_task_queue_activities_per_second=rate,
