@@ -118,7 +118,7 @@ class BatchDelivery:
         try:
             outcomes = send_all(
                 adapter,
-                [m for _, _, m in sends],
+                self.single.webhooks.sign_all(adapter, [m for _, _, m in sends]),
                 concurrency=POOL,
                 before_each=None if pacer is None else pacer.wait,
             )

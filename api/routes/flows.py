@@ -4,8 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
-from api.deps import ReadSessionDep, SessionDep, TenantDep
-from core.flows import FLOW_KEY_PATTERN
+from api.deps import ReadSessionDep, SessionDep, SettingsDep, TenantDep, field_error
+from core.flows import FLOW_KEY_PATTERN, WebhookStep
+from core.netguard import AddressPolicy, static_url_refusal
 from store import flows as q
 from store.models import FlowCreate, FlowPublic
 
@@ -14,10 +15,26 @@ FlowKey = Annotated[str, Path(pattern=FLOW_KEY_PATTERN)]
 
 
 @router.put("/{key}", response_model=FlowPublic)
-def put_flow(key: FlowKey, body: FlowCreate, session: SessionDep, tenant: TenantDep) -> FlowPublic:
+def put_flow(
+    key: FlowKey, body: FlowCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> FlowPublic:
     """Create or replace. Running notifications keep the version they started with."""
+    _check_webhook_urls(body, settings.webhook_policy)
     row = q.put_flow(session, tenant, key, body.model_dump(mode="json"))
     return FlowPublic.model_validate(row, from_attributes=True)
+
+
+def _check_webhook_urls(body: FlowCreate, policy: AddressPolicy) -> None:
+    """A literal webhook URL the SSRF guard would refuse at every send is refused now."""
+    for index, step in enumerate(body.steps):
+        if not isinstance(step, WebhookStep) or step.url is None:
+            continue
+        url = step.url.strip()
+        if any(marker in url for marker in ("{{", "{%", "{#")):
+            continue  # rendered per event: checked at each send
+        refusal = static_url_refusal(url, policy)
+        if refusal is not None:
+            raise field_error(["body", "steps", index, "webhook", "url"], refusal)
 
 
 @router.get("", response_model=list[FlowPublic])
