@@ -2,23 +2,87 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from api.ratelimit import TenantRateLimiter, retry_after_seconds
 from core.settings import Settings
 from dispatching.outbox import Dispatcher
 from dispatching.temporal import TemporalGateway
+from store.api_keys import KEY_CACHE_SECONDS, active_key, hash_key, touch_key
 from store.db import read_scope, session_scope
-from store.tenants import hash_key, tenant_for_key
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="Herald API key")
-_KEY_CACHE_TTL = 60.0
+# A key's last_used_at is written at most this often (per process), not on every request.
+LAST_USED_EVERY = timedelta(seconds=60)
+
+
+@dataclass
+class _Checked:
+    key_id: str
+    tenant: str
+    expires: float
+    last_used: float | None  # clock time of the last_used_at this process knows of
+
+
+class KeyAuthenticator:
+    """Bearer key to tenant, with a short cache; the admin routes evict revoked keys."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock  # wall-clock seconds; injectable so tests step time
+        self._cache: dict[str, _Checked] = {}  # by key hash
+        self._lock = threading.Lock()
+
+    def tenant_for(self, key: str) -> str | None:
+        digest = hash_key(key)
+        now = self.clock()
+        checked = self._cache.get(digest)
+        if checked is None or checked.expires <= now:
+            with read_scope(self.engine) as session:
+                found = active_key(session, key)
+            with self._lock:
+                if found is None:
+                    self._cache.pop(digest, None)
+                    return None
+                used = found.last_used_at.timestamp() if found.last_used_at else None
+                checked = _Checked(found.id, found.tenant, now + KEY_CACHE_SECONDS, used)
+                self._cache[digest] = checked
+        self._touch(checked, now)
+        return checked.tenant
+
+    def forget(self, key_id: str) -> None:
+        """Drop a revoked key from the cache so this process refuses it at once."""
+        with self._lock:
+            for digest in [d for d, c in self._cache.items() if c.key_id == key_id]:
+                self._cache.pop(digest, None)
+
+    def _touch(self, checked: _Checked, now: float) -> None:
+        every = LAST_USED_EVERY.total_seconds()
+        with self._lock:
+            if checked.last_used is not None and now - checked.last_used < every:
+                return
+            checked.last_used = now
+        try:
+            with session_scope(self.engine) as session:
+                touch_key(
+                    session, checked.key_id, datetime.fromtimestamp(now, UTC), LAST_USED_EVERY
+                )
+        except (SQLAlchemyError, TimeoutError):  # bookkeeping: never fail the request over it
+            log.warning("could not record the use of API key %s", checked.key_id, exc_info=True)
 
 
 def get_settings(request: Request) -> Settings:
@@ -49,28 +113,39 @@ def get_read_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator
 
 def get_tenant(
     request: Request,
-    engine: Annotated[Engine, Depends(get_engine)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
+    """The caller's tenant; every authenticated route also takes a token of its rate limit."""
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise _unauthorized("missing bearer API key")
-    cache: dict[str, tuple[str, float]] = request.app.state.key_cache
-    digest = hash_key(creds.credentials)
-    hit = cache.get(digest)
-    now = time.monotonic()
-    if hit is not None and hit[1] > now:
-        return hit[0]
-    with read_scope(engine) as session:
-        tenant = tenant_for_key(session, creds.credentials)
+    auth: KeyAuthenticator = request.app.state.key_auth
+    tenant = auth.tenant_for(creds.credentials)
     if tenant is None:
         raise _unauthorized("invalid API key")
-    cache[digest] = (tenant, now + _KEY_CACHE_TTL)
+    limiter: TenantRateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        wait = limiter.acquire(tenant)
+        if wait > 0:
+            raise _rate_limited(limiter, retry_after_seconds(wait))
     return tenant
 
 
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(
         status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def _rate_limited(limiter: TenantRateLimiter, retry_after: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail={
+            "message": "tenant rate limit exceeded",
+            "limit_per_second": limiter.rate,
+            "burst": limiter.burst,
+            "retry_after_seconds": retry_after,
+        },
+        headers={"Retry-After": str(retry_after)},
     )
 
 

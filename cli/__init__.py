@@ -1,0 +1,1 @@
+"""The ``herald`` command line: operator tasks (keys; later migrate, doctor, send, ...)."""
