@@ -27,9 +27,10 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.flows import FlowDefinition
+from core.metrics import OUTBOX_LAG, OUTBOX_QUEUED
 from core.settings import Settings
 from core.telemetry import attached, current_context, log_ids
 from core.templates import TemplateError, render
@@ -40,9 +41,9 @@ from store.events import (
     PlannedNotification,
     exit_reason,
     mark_dispatched,
-    undispatched,
 )
 from store.models import utcnow
+from store.outbox import pending, record_failure
 from workflows.broadcast import SA_BROADCAST
 from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow, identifying_attributes, summary
@@ -52,6 +53,18 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class DispatchRefusedError(Exception):
+    """Temporal refused an event's workflow input (e.g. over its 2 MB payload limit): the
+    same input will be refused again, so the outbox counts these and gives up."""
+
+
+def _refused(exc: RPCError) -> bool:
+    if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # "Blob data size exceeds limit."
+        return True
+    # Over the gRPC message size: "received message ... larger than max".
+    return exc.status == RPCStatusCode.RESOURCE_EXHAUSTED and "larger than max" in exc.message
 
 
 async def in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -144,8 +157,8 @@ async def _add_to_digest(
     key = None
     if digest.key:
         context = {"data": accepted.event.data, "event": {"id": accepted.event.id}}
-        try:
-            key = render(digest.key, context).strip() or None
+        try:  # in a thread: a rendering may take up to HERALD_MAX_RENDER_SECONDS
+            key = (await in_thread(render, digest.key, context)).strip() or None
         except TemplateError as exc:
             # Failing here would fail every re-dispatch too: batch it under no key instead.
             log.warning("digest key of flow %s: %s; using no key", inp.flow.key, exc)
@@ -195,6 +208,9 @@ async def dispatch(gateway: TemporalGateway, settings: Settings, accepted: Accep
     try:
         await asyncio.gather(*starts)
     except RPCError as exc:
+        if _refused(exc):  # Temporal answered: it is there, the event is at fault
+            gateway.mark_reachable()
+            raise DispatchRefusedError(f"Temporal refused the workflow: {exc.message}") from exc
         gateway.mark_unreachable(exc)
         raise TemporalUnavailableError(str(exc)) from exc
     gateway.mark_reachable()
@@ -220,6 +236,7 @@ class Dispatcher:
         # Each event travels with the trace context it was accepted in, so its workflow
         # starts join the request's trace (nothing is traced without HERALD_OTEL_ENDPOINT).
         self.queue: asyncio.Queue[tuple[AcceptedEvent, Context]] = asyncio.Queue(max_queue)
+        OUTBOX_QUEUED.set_function(self.queue.qsize)
         self.concurrency = concurrency
         self.sweep_every = settings.dispatch_sweep_seconds
         self.sweep_grace = sweep_grace
@@ -261,13 +278,37 @@ class Dispatcher:
             try:
                 with attached(trace_context), log_ids(tenant_id=accepted.event.tenant_id):
                     await dispatch(self.gateway, self.settings, accepted)
+                OUTBOX_LAG.observe((utcnow() - accepted.event.received_at).total_seconds())
                 self.record_dispatched(accepted.event.id)
             except TemporalUnavailableError as exc:
                 log.warning("event %s not dispatched: %s", accepted.event.id, exc)
-            except Exception:
+            except DispatchRefusedError as exc:
+                log.warning("event %s not dispatched: %s", accepted.event.id, exc)
+                await self._failed(accepted, str(exc))
+            except Exception as exc:
                 log.exception("event %s not dispatched", accepted.event.id)
+                await self._failed(accepted, f"{type(exc).__name__}: {exc}")
             finally:
                 self.queue.task_done()
+
+    async def _failed(self, accepted: AcceptedEvent, reason: str) -> None:
+        """Count a failure of the event's own; the sweep skips it once it gives up."""
+        event = accepted.event
+        cap = self.settings.dispatch_max_attempts
+        try:
+            gave_up = await in_thread(
+                record_failure, self.engine, event.id, event.tenant_id, reason, cap
+            )
+        except Exception:
+            log.exception("could not record the dispatch failure of event %s", event.id)
+            return
+        if gave_up:
+            log.error(
+                "gave up dispatching event %s after %d attempts (HERALD_DISPATCH_MAX_ATTEMPTS): %s",
+                event.id,
+                cap,
+                reason,
+            )
 
     async def _flush(self) -> None:
         done, self._done = self._done, []
@@ -285,15 +326,16 @@ class Dispatcher:
 
     async def sweep_once(self, grace: timedelta | None = None) -> int:
         before = utcnow() - (self.sweep_grace if grace is None else grace)
-        pending = await in_thread(undispatched, self.engine, received_before=before, limit=500)
+        # Leaves out the events it gave up on (store.outbox), which stay in GET /v1/events.
+        left = await in_thread(pending, self.engine, received_before=before, limit=500)
         if self.tenants is not None:
-            pending = [a for a in pending if a.event.tenant_id in self.tenants]
-        for accepted in pending:
+            left = [a for a in left if a.event.tenant_id in self.tenants]
+        for accepted in left:
             if not accepted.notifications:
                 self.record_dispatched(accepted.event.id)
             else:
                 self.submit(accepted)
-        return len(pending)
+        return len(left)
 
     async def _sweep_loop(self) -> None:
         while True:

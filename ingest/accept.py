@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from core.limits import WorkflowInputTooLargeError, env_name, limits
 from dispatching.outbox import Dispatcher, in_thread
 from store import events as q
 from store.db import init_db, read_scope
@@ -109,6 +110,12 @@ class Counters:
 
 def parse(incoming: Incoming) -> tuple[EventCreate, str]:
     """Validate the body as ``POST /v1/events`` does and pick the idempotency key."""
+    cap = limits().max_request_bytes
+    if len(incoming.body) > cap:  # the API's 413
+        raise DeadLetterError(
+            f"body is {len(incoming.body):,} bytes, over the {cap:,}-byte limit "
+            f"({env_name('max_request_bytes')})"
+        )
     try:
         payload = json.loads(incoming.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -281,6 +288,8 @@ class Ingestor:
             ) from exc
         except q.IdempotencyConflictError as exc:
             raise DeadLetterError(f"idempotency key {key!r} reused with a different body") from exc
+        except WorkflowInputTooLargeError as exc:
+            raise DeadLetterError(str(exc)) from exc
 
     def _unknown_tenants(self, tenants: list[str]) -> list[str]:
         with read_scope(self.engine) as session:

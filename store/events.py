@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from core.limits import check_workflow_input
 from core.metrics import EVENTS_ACCEPTED
 from core.types import (
     TERMINAL_DELIVERY_STATUSES,
@@ -24,7 +25,7 @@ from core.types import (
 )
 from store.db import session_scope
 from store.deliveries import FINAL
-from store.fanout import NotificationRef, PlannedNotification, fan_out
+from store.fanout import NotificationRef, PlannedNotification, fan_out, snapshot
 from store.flows import exiting_flows, flows_for_event
 from store.models import (
     Delivery,
@@ -186,6 +187,8 @@ def _insert(
     session.flush()  # the idempotency constraint fires here, before any fan-out
     accepted = AcceptedEvent(event=event)
     flows = lookups.flows_for(session, tenant_id, type)
+    for flow in flows:  # refused now, rather than by Temporal at every outbox sweep
+        check_workflow_input(flow.key, snapshot(flow))
     accepted.exited = _exit_running(session, event, ids, lookups)
     accepted.notifications = fan_out(session, event, flows, ids)
     return accepted
@@ -285,6 +288,8 @@ def replay_events(
                     if flow is not None
                     else flows_for_event(session, tenant_id, event.type)
                 )
+                for f in flows_by_type[event.type]:
+                    check_workflow_input(f.key, snapshot(f))
             flows = flows_by_type[event.type]
             wanted = {
                 notification_workflow_id(tenant_id, event.id, f.key, sid, replay_id): (f.key, sid)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from core.limits import WorkflowInputTooLargeError
 from store.db import session_scope
 from store.events import (
     AcceptedEvent,
@@ -94,7 +95,11 @@ def accept_many(
                     )
                     if r.idempotency_key:
                         used.add(r.idempotency_key)  # a repeat later in the batch is a duplicate
-            except (UnknownSubscribersError, IdempotencyConflictError) as exc:
+            except (
+                UnknownSubscribersError,
+                IdempotencyConflictError,
+                WorkflowInputTooLargeError,
+            ) as exc:
                 lookups.known.clear()  # what its savepoint upserted is gone again
                 results.append(exc)
             except sa_exc.IntegrityError:

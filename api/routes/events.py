@@ -17,9 +17,10 @@ from api.deps import (
     field_error,
     temporal_unavailable,
 )
+from core.limits import WorkflowInputTooLargeError, limits
 from core.settings import Settings
 from core.types import new_id
-from dispatching.outbox import dispatch
+from dispatching.outbox import DispatchRefusedError, dispatch
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError
 from store import events as q
 from store.db import read_scope
@@ -39,6 +40,7 @@ from store.models import (
     ReplayQuery,
     ReplayResult,
 )
+from store.outbox import failure_of
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -99,6 +101,8 @@ async def publish_event(
         ) from exc
     except q.IdempotencyConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except WorkflowInputTooLargeError as exc:
+        raise field_error(["body", "type"], str(exc), "workflow_input_too_large") from exc
 
     if accepted.created or accepted.event.dispatched_at is None:
         if gateway.reachable:
@@ -115,7 +119,10 @@ async def publish_event(
                     "Idempotency-Key is safe",
                     event_id=accepted.event.id,
                 ) from exc
-            dispatcher.record_dispatched(accepted.event.id)
+            except DispatchRefusedError:
+                pass  # the sweep counts refusals and gives up; GET /v1/events/{id} says why
+            else:
+                dispatcher.record_dispatched(accepted.event.id)
 
     result = EventAccepted(
         id=accepted.event.id,
@@ -142,6 +149,7 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")
     e = detail.event
     clicks = clicks_for(session, [d.id for _, _, ds in detail.notifications for d in ds])
+    failure = failure_of(session, e.id)
     return EventPublic(
         id=e.id,
         type=e.type,
@@ -150,6 +158,9 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
         cancellation_key=e.cancellation_key,
         received_at=e.received_at,
         dispatched_at=e.dispatched_at,
+        dispatch_attempts=failure.attempts if failure else 0,
+        dispatch_error=failure.reason if failure else None,
+        dispatch_given_up_at=failure.given_up_at if failure else None,
         notifications=[
             NotificationPublic(
                 id=n.id,
@@ -217,19 +228,22 @@ async def _replay(
                 ["body", "type"],
                 f"flow {flow.key!r} handles {flow.event_type!r}, not {body.type!r}",
             )
-    plan = await run_in_threadpool(
-        q.replay_events,
-        engine,
-        tenant,
-        replay_id=body.replay_id or new_id("rpl"),
-        event_id=event_id,
-        type=body.type if flow is None else flow.event_type,
-        since=body.since,
-        until=body.until,
-        flow=flow,
-        dry_run=body.dry_run,
-        limit=body.limit,
-    )
+    try:
+        plan = await run_in_threadpool(
+            q.replay_events,
+            engine,
+            tenant,
+            replay_id=body.replay_id or new_id("rpl"),
+            event_id=event_id,
+            type=body.type if flow is None else flow.event_type,
+            since=body.since,
+            until=body.until,
+            flow=flow,
+            dry_run=body.dry_run,
+            limit=body.limit or min(1000, limits().max_replay_events),
+        )
+    except WorkflowInputTooLargeError as exc:
+        raise field_error(["body", "flow"], str(exc), "workflow_input_too_large") from exc
     try:
         for accepted in plan.accepted:  # stored first, so a retried call finishes the job
             await dispatch(gateway, settings, accepted)
