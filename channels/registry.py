@@ -2,6 +2,7 @@
 
 A channel with no configured provider falls back to the sandbox, so a fresh dev
 setup works end to end without accounts. Webhooks need no credentials and are always real.
+Production refuses the sandbox unless ``HERALD_SANDBOX=true`` (see core.deployment).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 from channels.base import ChannelAdapter, Message
 from channels.sandbox import SandboxAdapter
+from core.deployment import sandbox_allowed, sandboxed_channels
 from core.settings import SANDBOX, Settings
 from core.types import Channel
 
@@ -49,7 +51,16 @@ def _build(
 
 
 def build_adapters(settings: Settings, sandbox_sink: Callable[[Message], None]) -> Adapters:
-    """Every channel's providers, keyed by name, in the order ``providers_for`` gives."""
+    """Every channel's providers, keyed by name, in the order ``providers_for`` gives.
+
+    Settings validation already refuses the sandbox in production; this guards settings
+    built without validation (``model_copy``), so a worker never records "sent" silently.
+    """
+    if not sandbox_allowed(settings) and (problems := sandboxed_channels(settings)):
+        raise ValueError(
+            "the sandbox is off in production (HERALD_SANDBOX=true allows it): "
+            + "; ".join(problems)
+        )
     adapters: Adapters = {
         channel: {
             name: _build(name, channel, settings, sandbox_sink)

@@ -2,15 +2,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel
 
-from api.deps import ReadSessionDep, TenantDep
+from api.deps import ReadSessionDep, SettingsDep, TenantDep
+from core.deployment import sandbox_allowed
 from core.types import Channel
 from store.deliveries import list_sandbox_messages
 from store.models import SandboxMessagePublic
 
-router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"])
+
+def _sandbox_on(settings: SettingsDep) -> None:
+    """Off in production (nothing goes to the sandbox there), unless HERALD_SANDBOX=true."""
+    if not sandbox_allowed(settings):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            "the sandbox is off in production (HERALD_SANDBOX=true turns it on)",
+        )
+
+
+router = APIRouter(
+    prefix="/v1/sandbox",
+    tags=["sandbox"],
+    dependencies=[Depends(_sandbox_on)],
+    responses={404: {"description": "The sandbox is off (production)"}},
+)
 
 
 class SandboxMessages(BaseModel):

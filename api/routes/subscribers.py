@@ -2,12 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from api.deps import ReadSessionDep, SessionDep, TenantDep
+from api.deps import EngineDep, GatewayDep, ReadSessionDep, SessionDep, TenantDep
+from dispatching.erasure import stop_workflows
 from store import subscribers as q
 from store import topics
+from store.erasure import ErasurePublic, erase_subscriber
 from store.models import (
     SUBSCRIBER_ID_PATTERN,
     PreferencePublic,
@@ -19,6 +23,11 @@ from store.topics import BulkImportResult, SubscriberBulkIn
 
 router = APIRouter(prefix="/v1/subscribers", tags=["subscribers"])
 SubscriberId = Annotated[str, Path(pattern=SUBSCRIBER_ID_PATTERN, description="Your user id")]
+# The caller's key, for the erasure's audit record (TenantDep has already checked it).
+BearerDep = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description="Herald API key")),
+]
 
 
 @router.post("/bulk", response_model=BulkImportResult)
@@ -49,6 +58,41 @@ def get_subscriber(
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"subscriber {subscriber_id!r} not found")
     return SubscriberPublic.model_validate(row, from_attributes=True)
+
+
+@router.delete(
+    "/{subscriber_id}",
+    response_model=ErasurePublic,
+    summary="Erase a subscriber (GDPR)",
+    responses={404: {"description": "Herald holds nothing for this id (unknown or erased)"}},
+)
+async def erase(
+    subscriber_id: SubscriberId,
+    tenant: TenantDep,
+    engine: EngineDep,
+    gateway: GatewayDep,
+    bearer: BearerDep,
+) -> ErasurePublic:
+    """Erase the subscriber (GDPR): personal data goes, running notifications stop.
+
+    Deleted in one transaction: the subscriber, preferences, topic memberships, their
+    notifications and deliveries with timelines, tracked links, sandbox copies and
+    suppressions, and their id in stored events. Analytics counts stay (they name no one),
+    and an audit record of the erasure is kept. Running workflows are terminated after the
+    commit. Repeating the call answers 404.
+    """
+    key = None if bearer is None else bearer.credentials
+    erased = await run_in_threadpool(erase_subscriber, engine, tenant, subscriber_id, key)
+    if erased is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"subscriber {subscriber_id!r} not found")
+    stopped = await stop_workflows(gateway, tenant, subscriber_id, erased.workflow_ids)
+    return ErasurePublic(
+        id=erased.record.id,
+        erased_at=erased.record.erased_at,
+        deleted=erased.record.deleted,
+        workflows_stopped=stopped.stopped,
+        workflows_not_reached=stopped.not_reached,
+    )
 
 
 @router.put("/{subscriber_id}/preferences", response_model=PreferencePublic)

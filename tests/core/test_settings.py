@@ -32,10 +32,15 @@ def test_production_refuses_dev_defaults() -> None:
         webhook_secret="whsec_c2VjcmV0LXNlY3JldA==",
         tracking_secret="a-real-tracking-secret",
         public_url="https://herald.example.com",
+        # Every channel has a provider: production refuses the sandbox (test_settings_production).
+        sendgrid_api_key="SG.x",
+        twilio_account_sid="AC1",
+        twilio_auth_token="token",
+        twilio_from_number="+15550000000",
+        fcm_credentials_file="/etc/herald/fcm.json",
     )
     for missing, setting in (
         ("webhook_secret", "HERALD_WEBHOOK_SECRET"),
-        ("api_keys", "HERALD_API_KEYS"),
         ("tracking_secret", "HERALD_TRACKING_SECRET"),
         ("public_url", "HERALD_PUBLIC_URL"),
     ):
@@ -45,6 +50,8 @@ def test_production_refuses_dev_defaults() -> None:
         Settings.model_validate({**good, "public_url": "http://herald.example.com"})
     ok = Settings.model_validate(good)
     assert ok.api_key_map() == {"k": "t"}
+    # Keys may all be managed ones (`herald keys create`): none need be listed.
+    assert Settings.model_validate({**good, "api_keys": ""}).api_key_map() == {}
     assert ok.base_url == "https://herald.example.com"
 
 
