@@ -10,34 +10,33 @@ Starts, in order:
    has created the tenants; it consumes for ``HERALD_BROKER_TENANTS``, by default the dev
    key's tenant.
 
-Every child runs in its own process group and its output is streamed with a ``[name]``
-prefix. On SIGINT/SIGTERM/SIGHUP, or when a child exits on its own, the children are stopped
-in reverse order (SIGTERM to the group, then SIGKILL after a grace period). The exit code is
+Once the banner is printed, a child that exits on its own is restarted with backoff
+(scripts/supervisor.py), and the work in flight is picked up again. Only the child that died
+is restarted: the worker, API and consumer ride out a Temporal restart by themselves (the SDK
+retries its polls and calls; tests/test_supervisor.py checks it). A child that dies during
+startup stops everything with its last output. On SIGINT/SIGTERM/SIGHUP the children are
+stopped (SIGTERM to each process group, then SIGKILL after a grace period). The exit code is
 0 for a requested shutdown and 1 when something failed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script, sys.path[0] is scripts/
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts.supervisor import Child, Stop, Supervisor, say, write  # noqa: E402
 
 # The test in tests/test_make_run.py waits for this line.
 READY_MARKER = "Herald is running"
@@ -47,156 +46,13 @@ API_START_TIMEOUT = 90.0
 INGEST_START_TIMEOUT = 30.0
 # Logged by the consumer (ingest/app.py) once it consumes.
 INGEST_READY = "consuming events for"
-STOP_GRACE_SECONDS = 10.0
-
-_out_lock = threading.Lock()
-
-
-def _write(text: str) -> None:
-    # Never called from a signal handler (the lock is not reentrant). A closed stdout must not
-    # stop the pump threads: they have to keep draining the children's pipes.
-    with _out_lock, contextlib.suppress(OSError, ValueError):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-
-def say(msg: str) -> None:
-    _write("".join(f"[run] {line}\n" for line in msg.splitlines() or [""]))
 
 
 class StartupError(Exception):
     """Something did not come up; the message says what and why."""
 
 
-class Stop(Exception):
-    """A shutdown was requested (signal) or a child died; unwinds the startup sequence."""
-
-
-class Child:
-    """A supervised process in its own session/process group with prefixed output."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.argv = argv
-        self.tail: deque[str] = deque(maxlen=20)
-        self.stopping = False
-        say(f"starting {name}: {shlex.join(argv)}")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        # With start_new_session the child is the leader of a new process group.
-        self.pgid = self.proc.pid
-        self._pump = threading.Thread(target=self._stream, name=f"pump-{name}", daemon=True)
-        self._pump.start()
-
-    def _stream(self) -> None:
-        assert self.proc.stdout is not None
-        prefix = f"[{self.name}] "
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            self.tail.append(line)
-            _write(prefix + line + "\n")
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def tail_text(self) -> str:
-        self._pump.join(timeout=1.0)  # let the last lines of a dead child arrive
-        return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-
-    def stop(self, grace: float, hurry: Callable[[], bool]) -> None:
-        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL whatever is left."""
-        self.stopping = True
-        if self.proc.poll() is None:
-            say(f"stopping {self.name} (pid {self.proc.pid})")
-            self._signal_group(signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while self.proc.poll() is None and time.monotonic() < deadline and not hurry():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=0.1)
-            if self.proc.poll() is None:
-                why = "second signal" if hurry() else f"still running after {grace:g}s"
-                say(f"{self.name}: {why}; killing it")
-        # Also reaches processes the child may have spawned into its group.
-        self._signal_group(signal.SIGKILL)
-        self.proc.wait()
-        self._pump.join(timeout=2.0)
-
-
-class Supervisor:
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-        self.stop_requested: str | None = None
-        self.signals_seen = 0
-        self.failed: str | None = None
-
-    # -- signals ----------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        # Only set flags here: the main loop notices them within 0.1 s.
-        self.signals_seen += 1
-        if self.stop_requested is None:
-            self.stop_requested = _signal_name(signum)
-
-    def hurry(self) -> bool:
-        return self.signals_seen > 1
-
-    # -- children ---------------------------------------------------------------------------
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        child = Child(name, argv, env)
-        self.children.append(child)
-        return child
-
-    def check(self) -> None:
-        """Raise ``Stop`` if a signal arrived or any child has exited."""
-        if self.stop_requested is not None:
-            raise Stop(f"received {self.stop_requested}")
-        for child in self.children:
-            code = child.poll()
-            if code is not None and not child.stopping:
-                how = f"with code {code}" if code >= 0 else f"on signal {_signal_name(-code)}"
-                self.failed = (
-                    f"{child.name} exited unexpectedly {how}; last output:\n{child.tail_text()}"
-                )
-                raise Stop(self.failed)
-
-    def sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while True:
-            self.check()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
-
-    def stop_all(self) -> None:
-        for child in reversed(self.children):
-            child.stop(0.0 if self.hurry() else STOP_GRACE_SECONDS, self.hurry)
-        if self.children:
-            say("all processes stopped")
-
-
 # -- helpers --------------------------------------------------------------------------------
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return str(num)
-
-
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -238,8 +94,6 @@ def temporal_command(
     Safe to re-run against an existing ``db_file``: already registered search attributes
     are accepted. Also used by the benchmark (bench/run.py).
     """
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from core.types import SEARCH_ATTRIBUTES
 
     argv = [
@@ -329,8 +183,6 @@ def _wait_for_output(sup: Supervisor, child: Child, marker: str, timeout: float)
 
 def _broker_lines(env: dict[str, str]) -> str:
     """Where to publish, for the banner: the names ingest/names.py derives."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from core.settings import Settings
     from ingest.names import Names
 
@@ -395,7 +247,7 @@ def _banner(
       -d '{json.dumps(event)}'
     curl -sS {api_base}/v1/sandbox/messages {auth}
 
-  Ctrl-C stops everything.
+  Ctrl-C stops everything; a process that crashes is restarted.
 {rule}
 """
 
@@ -414,6 +266,10 @@ def run(sup: Supervisor) -> None:
     env["PYTHONUNBUFFERED"] = "1"
     env["HERALD_DATA_DIR"] = str(data_dir)
     env.setdefault("HERALD_DATABASE_URL", f"sqlite:///{data_dir / 'herald.db'}")
+    if env.get("HERALD_ENV", "dev") == "dev":
+        # A local stack: let webhooks reach receivers on this machine (the SSRF guard
+        # refuses loopback otherwise). Setting the variable, even empty, overrides this.
+        env.setdefault("HERALD_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     key, tenant, key_source = _api_key(data_dir, env)
 
     api_client_host = _client_host(api_host)
@@ -441,7 +297,7 @@ def run(sup: Supervisor) -> None:
             data_dir / "temporal.db",
             namespace=env.get("HERALD_TEMPORAL_NAMESPACE", "default"),
         )
-        temporal = sup.start("temporal", argv, env)
+        temporal = sup.start("temporal", argv, env, layer=0)  # stopped after its clients
         _wait_for_port(sup, temporal, "127.0.0.1", temporal_port, TEMPORAL_START_TIMEOUT)
         say(f"temporal is accepting connections on 127.0.0.1:{temporal_port}")
         external = f"127.0.0.1:{temporal_port}"
@@ -469,14 +325,15 @@ def run(sup: Supervisor) -> None:
         ingest = sup.start("ingest", [sys.executable, "-m", "ingest"], env)
         _wait_for_output(sup, ingest, INGEST_READY, INGEST_START_TIMEOUT)
         broker = _broker_lines(env)
-    _write(_banner(api_base, ui_url, key, tenant, key_source, broker))
+    sup.supervise()  # from now on a child that exits is restarted
+    write(_banner(api_base, ui_url, key, tenant, key_source, broker))
 
     while True:
         sup.sleep(0.5)
 
 
 def main() -> int:
-    sup = Supervisor()
+    sup = Supervisor(REPO_ROOT)
     sup.install_signal_handlers()
     code = 0
     try:

@@ -2,7 +2,7 @@
 
 Starts the supervisor on free ports with a throwaway data dir, waits for its banner, sends a
 notification through the sandbox email provider, then stops it with SIGTERM and checks that
-nothing it started is left behind.
+nothing it started is left behind. The helpers are shared with tests/test_supervisor.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ DELIVERY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 20.0
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     socks = []
     try:
         for _ in range(n):
@@ -43,7 +43,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -51,7 +51,7 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _processes_mentioning(marker: str) -> dict[int, str]:
+def processes_mentioning(marker: str) -> dict[int, str]:
     """Live processes whose command line or environment contains ``marker``.
 
     The temporal server has the data dir in its ``--db-filename``; the worker and the API get
@@ -101,7 +101,7 @@ class Output:
 
 
 @contextlib.contextmanager
-def _supervisor(
+def supervisor_process(
     env: dict[str, str], marker: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], Output]]:
     proc = subprocess.Popen(
@@ -122,9 +122,60 @@ def _supervisor(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for pid in _processes_mentioning(marker):
+        for pid in processes_mentioning(marker):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def base_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment of a ``make run`` on free ports with its state under ``tmp_path``."""
+    temporal_port, ui_port, api_port = free_ports(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(
+        HERALD_DATA_DIR=str(tmp_path / "herald-data"),
+        HERALD_DATABASE_URL=f"sqlite:///{tmp_path / 'herald.db'}",
+        HERALD_TEMPORAL_PORT=str(temporal_port),
+        HERALD_TEMPORAL_UI_PORT=str(ui_port),
+        HERALD_API_PORT=str(api_port),
+        HERALD_API_HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env, {"temporal": temporal_port, "ui": ui_port, "api": api_port}
+
+
+def wait_for_banner(proc: subprocess.Popen[bytes], out: Output) -> None:
+    deadline = time.monotonic() + BANNER_TIMEOUT
+    while not out.ready.wait(0.2):
+        assert proc.poll() is None, (
+            f"scripts/run.py exited with {proc.returncode} before its banner:\n{out.tail()}"
+        )
+        assert time.monotonic() < deadline, f"no banner after {BANNER_TIMEOUT:.0f}s:\n{out.tail()}"
+    time.sleep(0.2)  # the banner is several lines; let the reader catch up
+
+
+def stop_and_assert_clean(
+    proc: subprocess.Popen[bytes],
+    out: Output,
+    sig: signal.Signals,
+    marker: str,
+    ports: Iterable[int],
+) -> None:
+    """``sig`` stops everything, in time, with exit code 0 and no leftovers."""
+    os.kill(proc.pid, sig)
+    try:
+        code = proc.wait(timeout=EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {EXIT_TIMEOUT:.0f}s after {sig.name}:\n{out.tail()}")
+    assert code == 0, f"exit code {code}:\n{out.tail()}"
+
+    leftovers = processes_mentioning(marker)
+    deadline = time.monotonic() + 5
+    while leftovers and time.monotonic() < deadline:  # allow init to reap killed stragglers
+        time.sleep(0.2)
+        leftovers = processes_mentioning(marker)
+    assert not leftovers, f"processes survived the supervisor: {leftovers}"
+    busy = [p for p in ports if port_open(p)]
+    assert not busy, f"ports still accepting connections: {busy}"
 
 
 def _wait_for_message(
@@ -148,31 +199,14 @@ def _wait_for_message(
 
 
 def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
-    data_dir = tmp_path / "herald-data"
-    temporal_port, ui_port, api_port = _free_ports(3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    env.update(
-        HERALD_DATA_DIR=str(data_dir),
-        HERALD_DATABASE_URL=f"sqlite:///{tmp_path / 'herald.db'}",
-        HERALD_TEMPORAL_PORT=str(temporal_port),
-        HERALD_TEMPORAL_UI_PORT=str(ui_port),
-        HERALD_API_PORT=str(api_port),
-        HERALD_API_HOST="127.0.0.1",
-        PYTHONUNBUFFERED="1",
-    )
+    env, ports = base_env(tmp_path)
+    data_dir = Path(env["HERALD_DATA_DIR"])
+    api_port, ui_port = ports["api"], ports["ui"]
     marker = str(tmp_path)
 
-    with _supervisor(env, marker) as (proc, out):
+    with supervisor_process(env, marker) as (proc, out):
         # 1. The banner, with the generated dev key.
-        deadline = time.monotonic() + BANNER_TIMEOUT
-        while not out.ready.wait(0.2):
-            assert proc.poll() is None, (
-                f"scripts/run.py exited with {proc.returncode} before its banner:\n{out.tail()}"
-            )
-            assert time.monotonic() < deadline, (
-                f"no banner after {BANNER_TIMEOUT:.0f}s:\n{out.tail()}"
-            )
-        time.sleep(0.2)  # the banner is several lines; let the reader catch up
+        wait_for_banner(proc, out)
         key_file = data_dir / "dev-api-key"
         key = key_file.read_text().strip()
         assert key.startswith("hk_dev_")
@@ -210,18 +244,4 @@ def test_make_run_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
             assert message["content"]["text"] == "Welcome"
 
         # 4. SIGTERM stops everything, in time, with exit code 0 and no leftovers.
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {EXIT_TIMEOUT:.0f}s after SIGTERM:\n{out.tail()}")
-        assert code == 0, f"exit code {code}:\n{out.tail()}"
-
-        leftovers = _processes_mentioning(marker)
-        deadline = time.monotonic() + 5
-        while leftovers and time.monotonic() < deadline:  # allow init to reap killed stragglers
-            time.sleep(0.2)
-            leftovers = _processes_mentioning(marker)
-        assert not leftovers, f"processes survived the supervisor: {leftovers}"
-        busy = [p for p in (temporal_port, ui_port, api_port) if _port_open(p)]
-        assert not busy, f"ports still accepting connections: {busy}"
+        stop_and_assert_clean(proc, out, signal.SIGTERM, marker, ports.values())
