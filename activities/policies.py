@@ -62,3 +62,13 @@ RECORD_RETRY = RetryPolicy(
 # whom it already enrolled), so it retries until the database is back.
 ENROLL_TIMEOUT = timedelta(seconds=30)
 ENROLL_RETRY = RECORD_RETRY
+
+# Retention: one batch of deletes per attempt, repeatable (a repeat deletes what is left).
+# It gives up after a few minutes: the next day's run picks up where this one stopped.
+RETENTION_TIMEOUT = timedelta(minutes=2)
+RETENTION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=10,
+)
