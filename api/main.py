@@ -12,11 +12,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api.deps import EngineDep, GatewayDep
+from api.deps import EngineDep, GatewayDep, KeyAuthenticator
+from api.limits import BodyLimit
+from api.ratelimit import TenantRateLimiter
 from api.recorder import ObservationRecorder
 from api.routes import (
+    admin,
     analytics,
     broadcasts,
     dashboard,
@@ -30,20 +34,30 @@ from api.routes import (
     subscribers,
     topics,
     tracking,
+    webhooks,
 )
+from core.limits import configure as configure_limits
+from core.metrics import DEAD_LETTERS
 from core.settings import Settings, get_settings
 from core.telemetry import Telemetry, configure_logging
+from core.types import Channel
+from core.webhook_settings import first_secret_tenants
 from dispatching.outbox import Dispatcher
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError
 from ingest.app import asyncapi_schema
-from store.db import init_db, make_engine, session_scope
-from store.tenants import ensure_api_keys
+from store.api_keys import seed_api_keys
+from store.db import make_engine, read_scope, session_scope
+from store.deliveries import dead_letters_waiting
+from store.models import utcnow
+from store.schema import require_current
+from store.webhook_secrets import seed_secrets
 
 log = logging.getLogger("herald.api")
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_limits(settings)  # the request models' validators read them
     telemetry = Telemetry.start(settings, "herald-api")
     if settings.log_format == "json":  # uvicorn leaves the root logger to the app
         configure_logging(settings)
@@ -51,9 +65,16 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
-        await run_in_threadpool(init_db, engine)
+        await run_in_threadpool(require_current, engine)  # `herald migrate` makes it
         with session_scope(engine) as session:
-            ensure_api_keys(session, settings.api_key_map())
+            seed_api_keys(
+                session,
+                settings.api_key_map(),
+                revoke_unlisted=settings.api_keys_revoke_unlisted,
+            )
+            seed_secrets(
+                session, first_secret_tenants(settings), settings.webhook_secret.get_secret_value()
+            )
         gateway = TemporalGateway(settings, client, telemetry.interceptors())
         with contextlib.suppress(TemporalUnavailableError):
             await gateway.client()  # learn now whether Temporal is there; 503s follow if not
@@ -66,7 +87,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         app.state.temporal = gateway
         app.state.dispatcher = dispatcher
         app.state.recorder = recorder
-        app.state.key_cache = {}
+        app.state.key_auth = KeyAuthenticator(engine)
+        app.state.rate_limiter = TenantRateLimiter.from_settings(settings)
         try:
             yield
         finally:
@@ -97,8 +119,11 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         broadcasts,
         topics,
         schedules,
+        admin,
+        webhooks,
     ):
         app.include_router(module.router)
+    app.add_middleware(BodyLimit, limits=settings)
     telemetry.instrument_app(app)
 
     @app.get("/asyncapi.json", include_in_schema=False)
@@ -107,8 +132,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         return JSONResponse(asyncapi_schema(settings))
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(engine: EngineDep) -> Response:
         """Prometheus scrapes this, unauthenticated like /healthz: keep it internal."""
+        await run_in_threadpool(_count_dead_letters, engine, settings)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
@@ -126,6 +152,16 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         )
 
     return app
+
+
+def _count_dead_letters(engine: Engine, settings: Settings) -> None:
+    """A gauge read from the database at scrape time: it is state, not a stream of events."""
+    with read_scope(engine) as session:
+        waiting = dead_letters_waiting(session, utcnow() - settings.dead_letter_retention)
+    for channel in Channel:
+        DEAD_LETTERS.labels(channel.value).set(
+            waiting.get(channel.value, 0) if settings.dead_letter_retention else 0
+        )
 
 
 def _database_ok(engine: object) -> bool:

@@ -21,8 +21,9 @@ import httpx
 import psycopg
 
 from bench.run import API_KEY, api_command, pct, say, spawn
-from store.db import init_db, make_engine
+from store.db import make_engine
 from store.rollups import COUNTERS, LATENCY_COLUMNS, latency_bucket
+from store.schema import migrate
 from tests.fakes.net import free_port, wait_port
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def _load_postgres(rows: list[tuple[Any, ...]]) -> None:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
     engine = make_engine(f"postgresql+psycopg://{PG_SERVER}/{PG_DB}")
-    init_db(engine)
+    migrate(engine)
     engine.dispose()
     columns = ", ".join(
         ["tenant_id", "hour", "flow_key", "channel", "provider", "category"]

@@ -30,6 +30,8 @@ import httpx
 from bench.raw import RawInput, RawWorkflow
 from core.temporal import connect_when_ready
 from scripts.run import temporal_command
+from store.db import make_engine
+from store.schema import migrate
 from tests.fakes.net import free_port, wait_port
 from tests.fakes.provider import FakeProvider, Recorded
 
@@ -219,8 +221,13 @@ class Bench:
             "HERALD_API_KEYS": f"{API_KEY}:bench",
             "HERALD_PUBLIC_URL": f"http://127.0.0.1:{aport}",  # tracking links, callbacks
             "HERALD_BROADCAST_BATCH_SIZE": "1000",  # bench.broadcast: SendGrid's request size
+            # The fake receiver is on loopback, which the webhook SSRF guard refuses by default.
+            "HERALD_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            # One tenant: the per-tenant fairness bound would only throttle it (64 = all slots).
+            "HERALD_WEBHOOK_TENANT_CONCURRENCY": "64",
             **{f"HERALD_{k.upper()}": str(v) for k, v in overrides.items()},
         }
+        migrate(make_engine(env["HERALD_DATABASE_URL"]))  # as `herald migrate` does
         self.raw_queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
         self.procs["raw-worker"] = spawn(
             "raw-worker",

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from core.settings import Settings, get_settings
-from store.db import init_db, make_engine, session_scope
+from store.db import make_engine, session_scope
+from store.schema import SchemaOutdatedError, require_current
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead of text.")
 
@@ -28,10 +29,13 @@ def load_settings() -> Settings:
 
 @contextmanager
 def database() -> Iterator[Engine]:
-    """The configured database, its tables created if missing (as the API does at start)."""
+    """The configured database, refused (naming `herald migrate`) when its schema is behind."""
     engine = make_engine(load_settings().database_url)
     try:
-        init_db(engine)
+        try:
+            require_current(engine)
+        except SchemaOutdatedError as exc:
+            fail(str(exc))
         yield engine
     finally:
         engine.dispose()

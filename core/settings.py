@@ -12,8 +12,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.access_settings import AccessSettings
+from core.deployment import DeploymentSettings
+from core.limits import LimitSettings
+from core.retention import RetentionSettings
 from core.retry import RetrySpec
 from core.types import Channel
+from core.webhook_settings import WebhookSettings
 
 # Each channel's providers in default priority order; "sandbox" stands in for none.
 KNOWN_PROVIDERS: dict[Channel, tuple[str, ...]] = {
@@ -40,7 +45,14 @@ BROKER_SCHEMES: dict[str, BrokerKind] = {
 _BROKER_NAME_FORBIDDEN = set(".*#> \t")
 
 
-class Settings(BaseSettings):
+class Settings(
+    AccessSettings,
+    RetentionSettings,
+    DeploymentSettings,
+    LimitSettings,
+    WebhookSettings,
+    BaseSettings,
+):
     model_config = SettingsConfigDict(env_prefix="HERALD_", env_file=None, extra="ignore")
 
     env: Literal["dev", "test", "production"] = "dev"
@@ -116,12 +128,12 @@ class Settings(BaseSettings):
     # Prometheus metrics of a worker process (the API serves its own at /metrics).
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"
-    # Audience members a broadcast enrolls per batch (one transaction, one cursor commit).
-    broadcast_batch_size: int = Field(default=200, ge=1, le=1000)
     # OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318); unset: no traces, no cost.
     otel_endpoint: str | None = None
     # "json" for one JSON object per line with tenant, event, delivery and trace ids.
     log_format: Literal["text", "json"] = "text"
+    # Audience members a broadcast enrolls per batch (one transaction, one cursor commit).
+    broadcast_batch_size: int = Field(default=200, ge=1, le=1000)
     # Batches of one broadcast sent at once, so several channel workers share it.
     broadcast_batches_in_flight: int = Field(default=2, ge=1, le=8)
     # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.
@@ -212,8 +224,6 @@ class Settings(BaseSettings):
         if not (self.public_url or "").startswith("https://"):
             # Mailbox providers require an https one-click unsubscribe link (RFC 8058).
             raise ValueError("HERALD_PUBLIC_URL must be set to an https:// URL in production")
-        if not self.api_key_map():
-            raise ValueError("HERALD_API_KEYS must be set in production")
         return self
 
     def api_key_map(self) -> dict[str, str]:

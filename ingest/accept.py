@@ -31,9 +31,10 @@ from sqlalchemy.engine import Engine
 from core.limits import WorkflowInputTooLargeError, env_name, limits
 from dispatching.outbox import Dispatcher, in_thread
 from store import events as q
-from store.db import init_db, read_scope
+from store.db import read_scope
 from store.intake import AcceptRequest, accept_many
 from store.models import EventCreate
+from store.schema import require_current
 from store.tenants import unknown_tenants
 
 log = logging.getLogger(__name__)
@@ -209,9 +210,9 @@ class Ingestor:
         self.commits = GroupCommit(engine)
 
     async def prepare_once(self) -> bool:
-        """Create the schema (as the API and worker do) and check the tenants; False: down."""
+        """Check the schema (as the API and worker do) and the tenants; False: down."""
         try:
-            await in_thread(init_db, self.engine)
+            await in_thread(require_current, self.engine)
             unknown = await in_thread(self._unknown_tenants, sorted(self.tenants))
         except TRANSIENT as exc:
             log.warning("database not reachable: %s", _short(exc))

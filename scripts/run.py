@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -304,6 +305,7 @@ def run(sup: Supervisor) -> None:
         ui_url = f"http://127.0.0.1:{ui_port}"
     env["HERALD_TEMPORAL_ADDRESS"] = external
 
+    _migrate(env)
     sup.start("worker", [sys.executable, "worker.py"], env)
     sup.start(
         "api",
@@ -330,6 +332,16 @@ def run(sup: Supervisor) -> None:
 
     while True:
         sup.sleep(0.5)
+
+
+def _migrate(env: dict[str, str]) -> None:
+    """`herald migrate` before anything starts: the worker and API refuse an old schema."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "migrate"], env=env, cwd=REPO_ROOT, capture_output=True
+    )
+    if done.returncode != 0:
+        raise StartupError(f"herald migrate failed: {done.stderr.decode().strip()}")
+    say(done.stdout.decode().strip())
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, event, inspect
+from sqlalchemy import Table, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -121,31 +121,6 @@ def dialect_insert(session: Session) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return pg_insert
     return sqlite_insert
-
-
-class SchemaOutdatedError(RuntimeError):
-    """The database predates columns this code needs; Herald has no migrations yet."""
-
-
-def init_db(engine: Engine) -> None:
-    from store import engagement, models, rollups, status_stream, topics  # noqa: F401  (tables)
-
-    SQLModel.metadata.create_all(engine)
-    check_schema(engine)
-
-
-def check_schema(engine: Engine) -> None:
-    """Fail at start with a clear message, not at the first insert, on an old database."""
-    inspector = inspect(engine)
-    missing = []
-    for table in SQLModel.metadata.sorted_tables:
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
-    if missing:
-        raise SchemaOutdatedError(
-            f"the database lacks {', '.join(missing)}: it was created by an older Herald. "
-            "For a dev database run `make clean`; elsewhere add the columns (store/models.py)."
-        )
 
 
 @contextmanager

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
+    BeforeValidator,
     Discriminator,
     EmailStr,
     StringConstraints,
@@ -29,6 +31,7 @@ from core.flows import (
     check_step_tags,
     check_steps,
 )
+from core.limits import at_most, check_data, check_flow_size, count_check, max_items
 from core.preferences import PreferenceSet, iana_timezone
 from core.types import Channel, DeliveryStatus
 
@@ -74,14 +77,6 @@ class Tenant(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class ApiKey(SQLModel, table=True):
-    __tablename__ = "api_keys"
-    id: str = Field(primary_key=True, max_length=64)
-    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
-    key_hash: str = Field(unique=True, max_length=64)
-    created_at: datetime = _ts()
-
-
 # --- subscribers --------------------------------------------------------------
 
 
@@ -124,7 +119,12 @@ class SubscriberCreate(SubscriberBase):
     def _tokens(cls, v: list[str]) -> list[str]:
         if any(not t or len(t) > 4096 for t in v):
             raise ValueError("push tokens must be non-empty strings")
-        return list(dict.fromkeys(v))
+        return count_check("max_push_tokens", "push tokens")(list(dict.fromkeys(v)))
+
+    @field_validator("data")
+    @classmethod
+    def _data_size(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_data(v)
 
     def to_row_values(self) -> dict[str, Any]:
         """Only the fields the caller sent, as plain column values."""
@@ -193,7 +193,11 @@ EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
 class FlowCreate(FlowBase):
     event_type: EventType
     category: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] = "transactional"
-    steps: list[StepIn] = Field(min_length=1, max_length=20)
+    steps: Annotated[
+        list[StepIn],
+        PydanticField(min_length=1, json_schema_extra=max_items("max_flow_steps")),
+        BeforeValidator(count_check("max_flow_steps", "steps")),
+    ]
     throttle: ThrottleIn | None = None
     exit_on: list[EventType] = Field(default_factory=list, max_length=20)
     default_locale: Annotated[str, StringConstraints(pattern=LOCALE.pattern, max_length=35)] = "en"
@@ -208,6 +212,7 @@ class FlowCreate(FlowBase):
     @model_validator(mode="after")
     def _steps_fit_together(self) -> FlowCreate:
         check_steps("FlowCreate", self.steps)
+        check_flow_size(self.model_dump(mode="json"))  # a workflow input Temporal takes
         return self
 
 
@@ -493,9 +498,18 @@ Recipient = Annotated[
 
 class EventCreate(EventBase):
     type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
-    to: Annotated[list[Recipient], PydanticField(min_length=1, max_length=1000)]
+    to: Annotated[
+        list[Recipient],
+        PydanticField(min_length=1, json_schema_extra=max_items("max_recipients")),
+        BeforeValidator(count_check("max_recipients", "recipients")),
+    ]
     actor: str | None = Field(default=None, max_length=128)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("data")
+    @classmethod
+    def _data_size(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_data(v)
 
 
 class NotificationRef(SQLModel):
@@ -536,6 +550,11 @@ class EventPublic(EventBase):
     id: str
     received_at: datetime
     dispatched_at: datetime | None
+    # Failed hand-overs to Temporal (outages aside); once they reach
+    # HERALD_DISPATCH_MAX_ATTEMPTS the outbox gives up and says why.
+    dispatch_attempts: int = 0
+    dispatch_error: str | None = None
+    dispatch_given_up_at: datetime | None = None
     notifications: list[NotificationPublic]
 
 
@@ -577,7 +596,12 @@ class ReplayQuery(ReplayCreate):
     type: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = PydanticField(default=1000, ge=1, le=10_000)
+    limit: Annotated[int | None, AfterValidator(at_most("max_replay_events"))] = PydanticField(
+        default=None,
+        ge=1,
+        description="Events to go through: 1,000 unless given, at most "
+        "HERALD_MAX_REPLAY_EVENTS (10,000)",
+    )
 
 
 class ReplayItem(SQLModel):

@@ -1,8 +1,8 @@
 """Events the outbox failed to hand to Temporal, and the ones it gave up on.
 
-A table of its own rather than columns on ``events``: ``init_db`` creates a new table on
-an existing database, while a new column would need a migration (``check_schema``). Only
-failures that are the event's own (Temporal refused its input) count; an outage does not.
+A table of its own rather than columns on ``events``, which stays narrow for the hot
+accept path. Only failures that are the event's own (Temporal refused its input) count;
+an outage does not.
 """
 
 from __future__ import annotations

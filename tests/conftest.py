@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -30,8 +30,9 @@ from temporalio.testing import WorkflowEnvironment
 from api.main import create_app
 from core.settings import Settings
 from core.types import SEARCH_ATTRIBUTES
-from store.db import init_db, make_engine
+from store.db import make_engine
 from store.events import AcceptedEvent, RecipientSpec, accept_event
+from store.schema import migrate
 from tests.fakes.provider import FakeProvider
 from workflows.runtime import ALL_QUEUES, build_workers
 
@@ -46,14 +47,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('db') / 'herald.db'}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def engine(database_url: str) -> Iterator[Engine]:
+    """The session's database, migrated before any test (subprocesses included) uses it."""
     engine = make_engine(database_url)
     if make_url(database_url).get_backend_name() != "sqlite":
-        from store import models  # noqa: F401
-
-        SQLModel.metadata.drop_all(engine)  # a clean slate per run on a shared server
-    init_db(engine)
+        with engine.begin() as conn:  # a clean slate per run on a shared server
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    migrate(engine)
     yield engine
     engine.dispose()
 
@@ -112,12 +114,18 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, str, s
         "database_url": database_url,
         "task_queue_prefix": unique("tq"),
         "api_keys": f"{key}:{tenant}",
+        # Every test's Herald seeds its own key into the shared database: starting one must
+        # not revoke the others' (tests/api/test_auth.py turns it on to test it).
+        "api_keys_revoke_unlisted": False,
         "worker_max_concurrent_activities": 16,
         # The database is shared by every test: no background sweep may dispatch
         # another test's deliberately undispatched events. Outbox tests sweep explicitly.
         "dispatch_sweep_seconds": 0,
         # Failed notifications complete at once unless a test asks for a dead letter.
         "dead_letter_retention": 0,
+        # The fake providers and receivers listen on loopback, which webhooks may not reach
+        # by default (the SSRF guard); tests of the guard narrow this.
+        "webhook_allowed_networks": ["127.0.0.0/8", "::1/128"],
     }
     values.update(overrides)
     return Settings(**values), key, tenant

@@ -14,7 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
 from ingest.names import DEAD_REASON_HEADER
-from store.db import init_db, make_engine, session_scope
+from store.db import make_engine, session_scope
+from store.schema import migrate
 from store.tenants import ensure_api_keys
 from tests.conftest import Herald, make_settings, unique
 from tests.fakes.provider import FakeProvider
@@ -148,7 +149,7 @@ class AbsentDatabase:
     @staticmethod
     def _prepare(url: str, tenant: str) -> None:
         engine = make_engine(url)
-        init_db(engine)
+        migrate(engine)
         with session_scope(engine) as session:
             ensure_api_keys(session, {unique("key"): tenant})
         engine.dispose()
