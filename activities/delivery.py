@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -24,15 +25,20 @@ from activities.policies import (
 )
 from activities.render import NoAddressError, build_message
 from activities.tracking import Tracker
+from activities.webhooks import WebhookSends
 from channels.base import (
+    ChannelAdapter,
     Message,
     PermanentProviderError,
+    SendResult,
     TransientProviderError,
 )
 from channels.registry import Adapters
 from core.flows import ACKNOWLEDGED, AnySendStep
 from core.lifecycle import ENGAGEMENT
+from core.metrics import PROVIDER_LATENCY, RATE_LIMIT_WAIT, count_delivery
 from core.preferences import decide, quiet_until
+from core.settings import get_settings
 from core.templates import TemplateError
 from core.types import Channel, DeliveryStatus
 from store.db import read_scope, session_scope
@@ -129,13 +135,28 @@ class DeliveryActivities:
         adapters: Adapters,
         pacers: dict[Channel, Pacer] | None = None,
         tracker: Tracker | None = None,
+        webhooks: WebhookSends | None = None,
     ) -> None:
         self.engine = engine
         self.adapters = adapters
+        # Webhook signing secrets and the per-tenant bound; built from the environment's
+        # settings on first use when not given (tests that send no webhooks).
+        self._webhooks = webhooks
         # Rate-limited channels: calls spaced evenly in this process (see activities.pacing).
         self.pacers = pacers or {}
         # Open pixel, tracked links and unsubscribe headers; None leaves messages as rendered.
         self.tracker = tracker
+
+    @property
+    def webhooks(self) -> WebhookSends:
+        if self._webhooks is None:
+            self._webhooks = WebhookSends(self.engine, get_settings())
+        return self._webhooks
+
+    def _send(self, adapter: ChannelAdapter, message: Message) -> SendResult:
+        """The provider call; a webhook is signed and waits for its tenant's turn first."""
+        with self.webhooks.turn(adapter, message.tenant_id):
+            return timed_send(adapter, self.webhooks.sign(adapter, message))
 
     def sandbox_sink(self, message: Message) -> None:
         with session_scope(self.engine) as session:
@@ -151,9 +172,11 @@ class DeliveryActivities:
     @activity.defn(name="deliver")
     def deliver(self, inp: DeliverInput) -> DeliverResult:
         try:
-            return self._deliver(inp)
+            result = self._deliver(inp)
         except DeliveryGone as exc:  # deleted while this attempt ran
             raise orphaned(str(exc)) from exc
+        count_delivery(result.channel, result.provider, result.status)  # sent, skipped…
+        return result
 
     def _deliver(self, inp: DeliverInput) -> DeliverResult:
         channel = Channel(inp.step.channel)
@@ -181,11 +204,14 @@ class DeliveryActivities:
                 save_links(session, links)
         pacer = self.pacers.get(channel)
         if pacer is not None:
+            waiting = time.monotonic()
             pacer.wait()
+            RATE_LIMIT_WAIT.labels(channel.value).observe(time.monotonic() - waiting)
         try:
-            sent = adapter.send(message)
+            sent = self._send(adapter, message)
         except PermanentProviderError as exc:
             fails_over = inp.fallback is not None and not exc.recipient
+            count_delivery(channel, exc.provider, "failover" if fails_over else "failed")
             with session_scope(self.engine) as session:
                 transition(
                     session,
@@ -204,6 +230,7 @@ class DeliveryActivities:
                 non_retryable=True,
             ) from exc
         except TransientProviderError as exc:
+            count_delivery(channel, exc.provider, "retrying")
             with session_scope(self.engine) as session:
                 transition(
                     session,
@@ -400,3 +427,21 @@ def result_of(row: Delivery) -> DeliverResult:
         provider_message_id=row.provider_message_id,
         scheduled_for=row.scheduled_for,
     )
+
+
+def timed_send(adapter: ChannelAdapter, message: Message) -> SendResult:
+    """The provider call, timed by outcome: ok, transient or permanent."""
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        return adapter.send(message)
+    except TransientProviderError:
+        outcome = "transient"
+        raise
+    except PermanentProviderError:
+        outcome = "permanent"
+        raise
+    finally:
+        PROVIDER_LATENCY.labels(adapter.channel.value, adapter.provider, outcome).observe(
+            time.monotonic() - started
+        )

@@ -337,3 +337,14 @@ def delivery_detail(session: Session, tenant_id: str, delivery_id: str) -> Deliv
         workflow_id=n.workflow_id,
         timeline=[DeliveryEventPublic.model_validate(e, from_attributes=True) for e in events],
     )
+
+
+def dead_letters_waiting(session: Session, since: datetime) -> dict[str, int]:
+    """Failed deliveries a retry signal can still reach, by channel (for the metrics)."""
+    stmt = (
+        sa_select(col(Delivery.channel), func.count())
+        .where(col(Delivery.status) == DeliveryStatus.FAILED.value)
+        .where(col(Delivery.updated_at) >= since)
+        .group_by(Delivery.channel)
+    )
+    return {channel: n for channel, n in session.execute(stmt).all()}

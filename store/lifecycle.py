@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from core.lifecycle import REACHES, Kind, Observation, Source, furthest
+from core.metrics import count_delivery
 from core.types import Channel, DeliveryStatus
 from store.db import session_scope, table
 from store.deliveries import FINAL, DeliveryGone, try_transition
@@ -39,6 +40,8 @@ class Reached:
     workflow_id: str
     watches_engagement: bool
     stages: list[str] = field(default_factory=list)
+    channel: str = ""
+    provider: str | None = None
 
 
 @dataclass
@@ -83,6 +86,8 @@ def record(session: Session, observations: list[Observation]) -> Recorded:
                     notification.id,
                     notification.workflow_id,
                     notification.watches_engagement,
+                    channel=delivery.channel,
+                    provider=delivery.provider,
                 ),
             )
             r.stages += stages
@@ -96,10 +101,14 @@ def record_batch(engine: Engine, observations: list[Observation]) -> Recorded:
     """``record`` in its own transaction; a twin batch racing on an event id loses once."""
     try:
         with session_scope(engine) as session:
-            return record(session, observations)
+            recorded = record(session, observations)
     except IntegrityError:
         with session_scope(engine) as session:
-            return record(session, observations)
+            recorded = record(session, observations)
+    for r in recorded.reached:  # committed: each stage counts once per delivery
+        for stage in r.stages:
+            count_delivery(r.channel, r.provider, stage)
+    return recorded
 
 
 def mark_sent(

@@ -51,6 +51,15 @@ async def test_worker_serves_its_metrics_on_the_configured_port(
             if "serving email" in (tmp_path / "worker.log").read_text():
                 break
             await asyncio.sleep(0.1)
+        # Once polling, the Temporal SDK's own metrics are on the same port.
+        for _ in range(100):
+            async with httpx.AsyncClient() as http:
+                r = await http.get(f"http://127.0.0.1:{port}/metrics")
+            families = {f.name for f in text_string_to_metric_families(r.text)}
+            if "temporal_worker_task_slots_available" in families:
+                break
+            await asyncio.sleep(0.1)
+        assert "temporal_worker_task_slots_available" in families, sorted(families)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0, (tmp_path / "worker.log").read_text()

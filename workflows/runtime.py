@@ -20,18 +20,21 @@ from activities.delivery import DeliveryActivities
 from activities.logcontext import LogContextInterceptor
 from activities.orchestration import FlowActivities
 from activities.pacing import Pacer
+from activities.retention import RetentionActivities
 from activities.tracking import Tracker
+from activities.webhooks import WebhookSends
 from channels.registry import build_adapters
 from core.settings import Settings
 from core.types import Channel
 from workflows.broadcast import BroadcastWorkflow
 from workflows.digest import DigestWorkflow
 from workflows.notification import NotificationWorkflow
+from workflows.retention import RetentionWorkflow
 
 WORKFLOWS_QUEUE = "workflows"
 ALL_QUEUES = (WORKFLOWS_QUEUE, *(c.value for c in Channel))
 # Every workflow the worker serves; the replay test checks each has recorded histories.
-WORKFLOW_TYPES = (NotificationWorkflow, DigestWorkflow, BroadcastWorkflow)
+WORKFLOW_TYPES = (NotificationWorkflow, DigestWorkflow, BroadcastWorkflow, RetentionWorkflow)
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +81,14 @@ def build_workers(
         max_workers=per_queue * len(queues) + 8, thread_name_prefix="herald-activity"
     )
     pacers = {c: Pacer(rate) for c in Channel if (rate := settings.rate_limit_for(c)) is not None}
-    acts = DeliveryActivities(engine, {}, pacers, Tracker(settings))
+    acts = DeliveryActivities(
+        engine, {}, pacers, Tracker(settings), webhooks=WebhookSends(engine, settings)
+    )
     acts.adapters = build_adapters(settings, acts.sandbox_sink)
     batch = BatchDelivery(acts)
     flow_acts = FlowActivities(engine)
     broadcast_acts = BroadcastActivities(engine)
+    retention_acts = RetentionActivities(engine)
     workers: list[Worker] = []
     for queue in queues:
         if queue == WORKFLOWS_QUEUE:
@@ -104,6 +110,7 @@ def build_workers(
                         broadcast_acts.broadcast_timezones,
                         broadcast_acts.set_broadcast_status,
                         broadcast_acts.finish_broadcast,
+                        retention_acts.purge_batch,
                     ],
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,
