@@ -20,6 +20,7 @@ from store.db import session_scope
 from store.models import Delivery, DeliveryEvent, Notification
 from tests.conftest import Herald, HeraldFactory, unique
 from tests.fakes.provider import FakeProvider
+from tests.histories import keep_history
 from workflows.runtime import WORKFLOWS_QUEUE
 
 EMAIL = {"channel": "email", "subject": "Hi", "text": "x"}
@@ -86,3 +87,5 @@ async def test_workflow_of_erased_rows_fails_once_as_orphaned(
         ["core_patch"] if missing == "delivery" else ["core_local_activity", "core_patch"]
     )
     assert fresh_provider.requests("sendgrid") == []
+    # The patched path's own history, replayed beside the ones recorded before the patch.
+    await keep_history(herald.client, workflow_id, f"notification-orphaned-{missing}")
