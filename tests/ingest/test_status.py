@@ -230,7 +230,8 @@ async def test_the_consumer_process_publishes_each_change_across_a_sigkill(
     assert len(before) < count, "the stream was over before the kill; nothing was proven"
 
     await consumers.start()
-    deadline = asyncio.get_running_loop().time() + 60
+    # Completeness, not speed, is the point: a loaded 2-core machine may take a while.
+    deadline = asyncio.get_running_loop().time() + 180
     while {b["delivery_id"] for b in of_ours(got)} != ours:
         assert asyncio.get_running_loop().time() < deadline, "not every change arrived"
         got += await stream.take(1, within=60)
