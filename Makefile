@@ -1,7 +1,7 @@
 # Herald developer entry points. Everything runs from the project's own .venv.
 #   make run    Temporal dev server + worker + API in the foreground (Ctrl-C stops all),
 #               plus the broker consumer (python -m ingest) when HERALD_BROKER_URL is set
-#   make test   lint, then the suite on SQLite and again on PostgreSQL
+#   make test   lint, then the suite on SQLite and on PostgreSQL, side by side
 #   make lint   ruff + mypy
 #   make bench  load benchmark (bench/)
 #   make clean  remove local state (.herald/)
@@ -47,10 +47,11 @@ test-postgres: $(STAMP)
 	@echo "== tests on PostgreSQL ($(PG_TEST_URL)) =="
 	HERALD_TEST_DATABASE_URL='$(PG_TEST_URL)' $(BIN)/pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# The two passes run side by side (each has its own Temporal dev server, database and
+# fake providers); -Otarget prints each pass's output whole when it ends.
 test: $(STAMP)
 	$(MAKE) lint
-	$(MAKE) test-sqlite
-	$(MAKE) test-postgres
+	$(MAKE) -j2 -Otarget test-sqlite test-postgres
 
 bench: $(STAMP)
 	@if [ -d bench ]; then $(BIN)/python -m bench; else echo "make bench: bench/ does not exist yet"; fi
