@@ -24,7 +24,12 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        fail("invalid settings: " + "; ".join(_one_line(e) for e in exc.errors()))
+        fail(settings_error(exc))
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A settings validation error on one line, each bad value named by its variable."""
+    return "invalid settings: " + "; ".join(_one_line(e) for e in exc.errors())
 
 
 @contextmanager

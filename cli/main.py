@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from cli import keys
+from cli import deliveries, events, keys
+from cli.doctor import doctor
 from cli.migrate import migrate
+from cli.replay import replay
+from cli.retry import retry
+from cli.send import send
 
 app = typer.Typer(
     name="herald",
@@ -15,6 +19,13 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.command()(migrate)
+app.command()(doctor)
+# These act as a tenant through the API: HERALD_URL and HERALD_KEY (cli/api.py).
+app.command()(send)
+app.add_typer(events.app, name="events")
+app.add_typer(deliveries.app, name="deliveries")
+app.command()(retry)
+app.command()(replay)
 
 
 @app.callback()

@@ -395,7 +395,9 @@ class FakeProvider:
         return Starlette(
             routes=[
                 Route("/v3/mail/send", self._sendgrid, methods=["POST"]),
+                Route("/v3/scopes", self._sendgrid_scopes, methods=["GET"]),
                 Route("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio, methods=["POST"]),
+                Route("/2010-04-01/Accounts/{sid}.json", self._twilio_account, methods=["GET"]),
                 Route("/token", self._token, methods=["POST"]),
                 Route("/v1/projects/{project}/messages:send", self._fcm, methods=["POST"]),
                 Route("/hooks/{name}", self._webhook, methods=["POST"]),
@@ -461,6 +463,35 @@ class FakeProvider:
             return Response(status_code=202, headers={"X-Message-Id": secrets.token_urlsafe(16)})
 
         return await self._handle("sendgrid", request, ok)
+
+    async def _sendgrid_scopes(self, request: Request) -> Response:
+        """What a key may do (``herald doctor`` checks a key this way, sending nothing)."""
+
+        def ok(rec: Recorded, request: Request) -> Response:
+            if not rec.headers.get("authorization", "").startswith("Bearer SG."):
+                return JSONResponse(sendgrid_error_body("authorization required"), status_code=401)
+            return JSONResponse({"scopes": ["mail.send", "user.profile.read"]})
+
+        return await self._handle("sendgrid", request, ok)
+
+    async def _twilio_account(self, request: Request) -> Response:
+        """The account resource, for credentials checks that send nothing."""
+
+        def ok(rec: Recorded, request: Request) -> Response:
+            sid = request.path_params["sid"]
+            if _basic_user(rec.headers.get("authorization", "")) != sid:
+                return JSONResponse(twilio_error_body(20003, "Authenticate", 401), status_code=401)
+            return JSONResponse(
+                {
+                    "sid": sid,
+                    "friendly_name": "Herald test account",
+                    "status": "active",
+                    "type": "Full",
+                    "uri": f"/2010-04-01/Accounts/{sid}.json",
+                }
+            )
+
+        return await self._handle("twilio", request, ok)
 
     async def _twilio(self, request: Request) -> Response:
         def ok(rec: Recorded, request: Request) -> Response:
