@@ -13,7 +13,7 @@ from core.types import DeliveryStatus, NotificationStatus, new_id, outcome
 from store.db import read_scope, session_scope
 from store.deliveries import history, load_context, reopen, transition
 from store.lifecycle import Sent, mark_sent, mark_sent_many, record_batch
-from store.models import Delivery, Event, Notification, Subscriber
+from store.models import Delivery, Event, Notification, Subscriber, utcnow
 from store.rollups import (
     BOUNDS_MS,
     COUNTERS,
@@ -32,7 +32,10 @@ def _delivery(engine: Engine, channel: str = "email", email: str = "ada@example.
     tenant = unique("tenant")
     with session_scope(engine) as s:
         s.add(Subscriber(tenant_id=tenant, id="ada", email=email))
-        event = Event(id=new_id("evt"), tenant_id=tenant, type="t", fingerprint="x")
+        # Dispatched: an outbox sweep in a later test must not try to start it.
+        event = Event(
+            id=new_id("evt"), tenant_id=tenant, type="t", fingerprint="x", dispatched_at=utcnow()
+        )
         s.add(event)
         s.flush()
         n = Notification(

@@ -62,7 +62,17 @@ def seed(
     with session_scope(engine) as s:
         if event_id is None:
             event_id = new_id("evt")
-            s.add(Event(id=event_id, tenant_id=tenant, type="t", fingerprint="x", received_at=at))
+            # Dispatched: an outbox sweep in a later test must not try to start these.
+            s.add(
+                Event(
+                    id=event_id,
+                    tenant_id=tenant,
+                    type="t",
+                    fingerprint="x",
+                    received_at=at,
+                    dispatched_at=at,
+                )
+            )
             s.flush()
         nid = new_id("ntf")
         s.add(
@@ -264,7 +274,16 @@ def test_an_unfinished_broadcast_keeps_its_event_and_notifications(engine: Engin
     finished = broadcast(BroadcastStatus.COMPLETED)
     with session_scope(engine) as s:
         eid = new_id("evt")
-        s.add(Event(id=eid, tenant_id=tenant, type="t", fingerprint="x", received_at=OLD))
+        s.add(
+            Event(
+                id=eid,
+                tenant_id=tenant,
+                type="t",
+                fingerprint="x",
+                received_at=OLD,
+                dispatched_at=OLD,
+            )
+        )
         s.add(
             Broadcast(
                 id=new_id("bc"),
