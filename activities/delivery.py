@@ -66,6 +66,8 @@ TWILIO_UNSUBSCRIBED = "21610"
 
 class DeliverInput(BaseModel):
     delivery_id: str
+    # Only for the log lines of the attempt (activities.logcontext); decides nothing.
+    notification_id: str | None = None
     flow_key: str
     category: str
     critical: bool

@@ -346,6 +346,7 @@ class NotificationWorkflow:
                     DeliveryActivities.deliver,
                     DeliverInput(
                         delivery_id=delivery_id,
+                        notification_id=inp.notification_id,
                         flow_key=inp.flow.key,
                         category=inp.flow.category,
                         critical=inp.flow.critical,

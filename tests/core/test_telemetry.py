@@ -160,6 +160,7 @@ async def test_one_trace_from_the_request_to_the_provider_call(
     ]
     (sent,) = [line for line in lines if line["message"].startswith("sendgrid accepted")]
     assert sent["delivery_id"] == delivery["id"]
+    assert sent["notification_id"] == event["notifications"][0]["id"]
     assert (sent["tenant_id"], sent["event_id"]) == (tenant, event["id"])
     assert sent["trace_id"] == request.trace_id
     assert sent["level"] == "INFO"
