@@ -27,8 +27,9 @@ from channels.base import (
 from channels.batch import send_all
 from core.flows import AnySendStep
 from core.types import Channel, DeliveryStatus
+from store.batch_contexts import load_contexts
 from store.db import read_scope, session_scope
-from store.deliveries import is_final, load_contexts, transition
+from store.deliveries import is_final, transition
 from store.engagement import save_links
 from store.lifecycle import Sent, mark_sent, mark_sent_many
 from store.rollups import Increments

@@ -36,8 +36,8 @@ TOPIC, DELAY_TOPIC = "bench-bcast", "bench-bcast-delay"
 TAG = re.compile(r"bcast (\w+)")
 TIMEOUT = float(os.environ.get("HERALD_BENCH_BROADCAST_TIMEOUT", "900"))
 # After a run with one worker process for every queue (as `make run` starts it), the rest
-# run with the email queue's worker in a process of its own (`worker.py --queues email`):
-# the deployment that scales a channel apart. HERALD_BENCH_BROADCAST_SPLIT=0 keeps one.
+# run with the workflows queue and the channel queues in processes of their own, as
+# docker-compose.yml deploys them. HERALD_BENCH_BROADCAST_SPLIT=0 keeps one.
 SPLIT = os.environ.get("HERALD_BENCH_BROADCAST_SPLIT", "1") != "0"
 
 
@@ -145,16 +145,16 @@ def _rss(bench: Bench) -> dict[str, float]:
 
 
 async def _start_workers(bench: Bench, generation: str) -> None:
-    """The worker processes, started and serving: the email queue apart when SPLIT."""
+    """The worker processes, started and serving: workflows and channels apart when SPLIT."""
     from workflows.runtime import ALL_QUEUES
 
     worker = [sys.executable, "worker.py"]
     cmds = {"worker": worker}
-    if SPLIT:
-        rest = ",".join(q for q in ALL_QUEUES if q != "email")
+    if SPLIT:  # as docker-compose.yml runs them: workflows apart from the channels
+        channels = ",".join(q for q in ALL_QUEUES if q != "workflows")
         cmds = {
-            "worker": [*worker, "--queues", rest],
-            "worker-email": [*worker, "--queues", "email"],
+            "worker": [*worker, "--queues", "workflows"],
+            "worker-channels": [*worker, "--queues", channels],
         }
     for name, cmd in cmds.items():
         bench.procs[name] = spawn(name + generation, cmd, bench.env, bench.work)
@@ -374,8 +374,8 @@ def lines(r: dict[str, Any]) -> list[str]:
     if b.get("split"):
         out.append(
             "broadcast one_process: one worker process for every queue (as `make run` starts "
-            f"it), peak RSS {b['one_process_rss_mb']}; the runs after it: the email queue's "
-            f"worker in its own process, peak RSS {b['worker_rss_mb']} MB"
+            f"it), peak RSS {b['one_process_rss_mb']}; the runs after it: workflows and channels "
+            f"in processes of their own (as docker-compose.yml), peak RSS {b['worker_rss_mb']} MB"
         )
     after = b.get("worker_after_crash_peak_rss_mb")
     out.append(

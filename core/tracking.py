@@ -9,7 +9,7 @@ position and its URL, so a retried render produces the same ids (and the same ro
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 import html
 import re
@@ -53,7 +53,7 @@ class Signer:
 
     def _mac(self, domain: str, payload: str) -> str:
         msg = domain.encode() + b"\x00" + payload.encode()
-        return _b64(hmac.new(self._key, msg, hashlib.sha256).digest()[:MAC_BYTES])
+        return _b64(hmac.digest(self._key, msg, "sha256")[:MAC_BYTES])
 
     def sign(self, kind: TokenKind, payload: str) -> str:
         body = payload if _PLAIN.fullmatch(payload) else _ENCODED + _b64(payload.encode())
@@ -86,7 +86,7 @@ class Signer:
     def link_id(self, delivery_id: str, index: int, url: str) -> str:
         """Stable for the same delivery, position and URL: retries reuse the stored row."""
         msg = f"link\x00{delivery_id}\x00{index}\x00{url}".encode()
-        return _b64(hmac.new(self._key, msg, hashlib.sha256).digest()[:LINK_ID_BYTES])
+        return _b64(hmac.digest(self._key, msg, "sha256")[:LINK_ID_BYTES])
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,22 @@ _TAG_NAME = re.compile(r"<[A-Za-z][^\s/>]*")
 
 def _rewrite_tag(tag: str, replace: Callable[[str], str | None]) -> str:
     """The start tag with its (first) href rewritten by ``replace``; other bytes untouched."""
+    found = _href(tag)
+    if found is None:
+        return tag
+    start, end, url = found
+    new = replace(url)
+    if new is None:
+        return tag
+    return f'{tag[:start]}"{html.escape(new, quote=True)}"{tag[end:]}'
+
+
+@functools.lru_cache(maxsize=256)
+def _href(tag: str) -> tuple[int, int, str] | None:
+    """Where a start tag's first href value is, and its URL (cached: tags repeat per send)."""
     name = _TAG_NAME.match(tag)
     if name is None:
-        return tag
+        return None
     pos = name.end()
     while pos < len(tag):
         m = _ATTR.match(tag, pos)
@@ -164,15 +177,12 @@ def _rewrite_tag(tag: str, replace: Callable[[str], str | None]) -> str:
             continue
         raw = m.group("value")
         if raw is None:
-            return tag
+            return None
         if raw[:1] in ("'", '"'):
             raw = raw[1:-1]
-        new = replace(html.unescape(raw).strip())
-        if new is None:
-            return tag
         start, end = m.span("value")
-        return f'{tag[:start]}"{html.escape(new, quote=True)}"{tag[end:]}'
-    return tag
+        return start, end, html.unescape(raw).strip()
+    return None
 
 
 class _Locator(HTMLParser):
@@ -200,10 +210,35 @@ class _Locator(HTMLParser):
 def _offsets(text: str) -> list[int]:
     """Where each line starts, to turn HTMLParser's (line, column) into an index."""
     starts = [0]
-    for i, ch in enumerate(text):
-        if ch == "\n":
-            starts.append(i + 1)
+    at = text.find("\n")
+    while at != -1:
+        starts.append(at + 1)
+        at = text.find("\n", at + 1)
     return starts
+
+
+@functools.lru_cache(maxsize=32)
+def _locate(document: str) -> tuple[tuple[tuple[int, str], ...], int | None]:
+    """The ``<a>`` start tags (offset, text) and the last ``</body>`` offset.
+
+    Cached by the document: a broadcast often renders the same body for every recipient,
+    and the parse was most of the rewrite.
+    """
+    locator = _Locator()
+    try:
+        locator.feed(document)
+        locator.close()
+    except AssertionError:
+        # html.parser gives up on a few malformed declarations (``<![foo]>``): the links
+        # found before it are still rewritten, the rest of the document is sent as written.
+        pass
+    starts = _offsets(document)
+    anchors = tuple((starts[line - 1] + col, raw) for (line, col), raw in locator.anchors)
+    body_end = None
+    if locator.body_end is not None:
+        line, col = locator.body_end
+        body_end = starts[line - 1] + col
+    return anchors, body_end
 
 
 def pixel_tag(url: str) -> str:
@@ -215,30 +250,17 @@ def rewrite_html(
     document: str, links: Links, delivery_id: str, *, pixel: bool = True
 ) -> tuple[str, list[TrackedUrl]]:
     """Every http(s) ``<a href>`` through a click link, and the open pixel before ``</body>``."""
-    locator = _Locator()
-    try:
-        locator.feed(document)
-        locator.close()
-    except AssertionError:
-        # html.parser gives up on a few malformed declarations (``<![foo]>``): the links
-        # found before it are still rewritten, the rest of the document is sent as written.
-        pass
-    starts = _offsets(document)
+    anchors, end = _locate(document)
     collect = _Collector(links, delivery_id)
     parts: list[str] = []
     cursor = 0
-    for (line, col), raw in locator.anchors:
-        at = starts[line - 1] + col
+    for at, raw in anchors:
         if document.startswith(raw, at):
             parts += [document[cursor:at], _rewrite_tag(raw, collect)]
             cursor = at + len(raw)
     rest = document[cursor:]
     if pixel:
         tag = pixel_tag(links.open_url(delivery_id))
-        end = None
-        if locator.body_end is not None:
-            line, col = locator.body_end
-            end = starts[line - 1] + col
         if end is not None and end >= cursor:
             rest = rest[: end - cursor] + tag + rest[end - cursor :]
         else:

@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import and_, func, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from core.types import TERMINAL_DELIVERY_STATUSES, Channel, DeliveryStatus, new_id
@@ -50,38 +49,20 @@ FINAL = [s.value for s in TERMINAL_DELIVERY_STATUSES]
 
 def load_context(session: Session, delivery_id: str) -> DeliveryContext | None:
     """Everything one send needs, in one query, read fresh so preferences apply as of now."""
-    row = session.execute(_context().where(col(Delivery.id) == delivery_id)).first()
+    row = session.execute(context_select().where(col(Delivery.id) == delivery_id)).first()
     return None if row is None else DeliveryContext(*row)
 
 
-def load_contexts(session: Session, delivery_ids: list[str]) -> list[DeliveryContext]:
-    """``load_context`` for a broadcast batch: one query, in the order given.
-
-    The batch shares its event, read once rather than per row, and leaves out the
-    notifications' flow snapshots (the caller has the flow): decoding them was a third
-    of the batch's read.
-    """
-    if not delivery_ids:
-        return []
-    stmt = (
-        _context(with_event=False)
-        .where(col(Delivery.id).in_(delivery_ids))
-        .options(defer(Notification.flow))  # type: ignore[arg-type]
-    )
-    rows = session.execute(stmt).all()
-    event_ids = {n.event_id for _, n, *_ in rows}
-    events = {
-        e.id: e for e in session.exec(select(Event).where(col(Event.id).in_(event_ids))).all()
-    }
-    by_id = {d.id: DeliveryContext(d, n, events[n.event_id], s, p, x) for d, n, s, p, x in rows}
-    return [by_id[i] for i in delivery_ids if i in by_id]
-
-
-def _context(*, with_event: bool = True) -> Any:
+def context_select(*, with_event: bool = True, columns: list[Any] | None = None) -> Any:
+    """The joins of a delivery's context; ``columns`` selects plain columns instead."""
     entities: list[Any] = [Delivery, Notification, Subscriber, Preference, Suppression]
     if with_event:
         entities.insert(2, Event)
-    stmt = sa_select(*entities).join(Notification, col(Notification.id) == Delivery.notification_id)
+    stmt = (
+        sa_select(*(columns or entities))
+        .select_from(Delivery)
+        .join(Notification, col(Notification.id) == Delivery.notification_id)
+    )
     if with_event:
         stmt = stmt.join(Event, col(Event.id) == Notification.event_id)
     return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from core.tracking import (
     Links,
     Signer,
     TokenKind,
+    _locate,
     rewrite_html,
     rewrite_text,
 )
@@ -204,6 +206,20 @@ def test_multiline_html_keeps_positions(links: Links) -> None:
     assert out.count("<img ") == 1
     assert out.index("<img ") < out.index("</body>")
     assert out.endswith("</body>\n")
+
+
+def test_one_body_sent_to_many_gets_each_recipients_own_links(links: Links) -> None:
+    """The parse is cached by document; the links and the pixel stay per delivery."""
+    doc = '<body><a href="https://a.test/sale">sale</a></body>'
+    first, t1 = rewrite_html(doc, links, "dlv_one")
+    second, t2 = rewrite_html(doc, links, "dlv_two")
+    assert [t.url for t in t1] == [t.url for t in t2] == ["https://a.test/sale"]
+    assert t1[0].link_id != t2[0].link_id
+    assert links.click_url(t2[0].link_id) in second
+    assert links.click_url(t1[0].link_id) not in second
+    assert html.escape(links.open_url("dlv_two"), quote=True) in second
+    _locate.cache_clear()
+    assert rewrite_html(doc, links, "dlv_two") == (second, t2)
 
 
 def test_pixel_goes_at_the_end_without_a_body_tag(links: Links) -> None:
