@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,10 +22,12 @@ from dispatching.outbox import Dispatcher
 from dispatching.temporal import TemporalGateway
 from store.api_keys import KEY_CACHE_SECONDS, active_key, hash_key, touch_key
 from store.db import read_scope, session_scope
+from store.models import NO_NUL
 
 log = logging.getLogger(__name__)
 
-_bearer = HTTPBearer(auto_error=False, description="Herald API key")
+# One scheme for every tenant route (the admin API has its own, HeraldAdminKey).
+bearer = HTTPBearer(auto_error=False, scheme_name="HeraldApiKey", description="Herald API key")
 # A key's last_used_at is written at most this often (per process), not on every request.
 LAST_USED_EVERY = timedelta(seconds=60)
 
@@ -113,7 +115,7 @@ def get_read_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator
 
 def get_tenant(
     request: Request,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
     """The caller's tenant; every authenticated route also takes a token of its rate limit."""
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
@@ -149,6 +151,9 @@ def _rate_limited(limiter: TenantRateLimiter, retry_after: int) -> HTTPException
     )
 
 
+# An id in the path or a filter in the query: it reaches SQL, where U+0000 cannot go.
+Ref = Annotated[str, Path(pattern=NO_NUL)]
+TextQuery = Annotated[str | None, Query(pattern=NO_NUL)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -6,19 +6,23 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api.deps import EngineDep, GatewayDep, KeyAuthenticator
+from api import methods
+from api.deps import EngineDep, GatewayDep, KeyAuthenticator, get_tenant
 from api.limits import BodyLimit
 from api.ratelimit import TenantRateLimiter
 from api.recorder import ObservationRecorder
+from api.responses import declare_common
 from api.routes import (
     admin,
     analytics,
@@ -53,6 +57,13 @@ from store.schema import require_current
 from store.webhook_secrets import seed_secrets
 
 log = logging.getLogger("herald.api")
+Reach = Literal["ok", "unreachable"]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: Reach
+    temporal: Reach
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -122,7 +133,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         admin,
         webhooks,
     ):
+        declare_common(module.router, get_tenant)
         app.include_router(module.router)
+    methods.install(app)
     app.add_middleware(BodyLimit, limits=settings)
     telemetry.instrument_app(app)
 
@@ -137,7 +150,12 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         await run_in_threadpool(_count_dead_letters, engine, settings)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "The database or Temporal is down"}},
+    )
     async def healthz(engine: EngineDep, gateway: GatewayDep) -> JSONResponse:
         database = await run_in_threadpool(_database_ok, engine)
         temporal = await gateway.healthy()

@@ -12,7 +12,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from temporalio.client import (
     Client,
     Schedule,
@@ -30,11 +39,12 @@ from temporalio.client import (
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
+from api.bodies import ScheduledBroadcastIn
 from core.flows import FLOW_KEY_PATTERN
-from core.preferences import iana_timezone
-from core.retry import Duration
+from core.preferences import iana_timezone, timezone_enum
+from core.retry import MAX_SECONDS, Duration
 from core.settings import Settings
-from store.broadcasts import BroadcastCreate
+from store.models import IsoDateTime
 from workflows.broadcast import BroadcastWorkflow
 from workflows.notification import SA_TENANT
 from workflows.types import BroadcastInput, NotificationInput
@@ -66,24 +76,54 @@ def _exact_duration(value: Any) -> Any:
 
 def _at_least_a_minute(value: timedelta) -> timedelta:
     if value < MIN_INTERVAL:
-        raise ValueError("must be at least one minute (PT1M)")
+        raise PydanticCustomError("interval_too_short", "must be at least one minute (PT1M)")
     return value
 
 
-Interval = Annotated[Duration, BeforeValidator(_exact_duration)]
+# The document's account of an interval: a duration with no years or months, or seconds.
+INTERVAL_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "duration", "pattern": r"^[Pp][^TtYyMm]*([Tt][\s\S]*)?$"},
+        {"type": "number", "minimum": MIN_INTERVAL.total_seconds(), "maximum": MAX_SECONDS},
+    ]
+}
+Interval = Annotated[Duration, BeforeValidator(_exact_duration), WithJsonSchema(INTERVAL_SCHEMA)]
+# Fields split on these; the cron validator below and this pattern say the same.
+_SPACE = " \t\n\r"
+_WS = r" \t\n\r"  # the same, as a regex class
+CRON_PATTERN = (
+    rf"^[{_WS}]*(?![Cc][Rr][Oo][Nn]_[Tt][Zz]=|[Tt][Zz]=)"
+    rf"(@[\s\S]*|[^{_WS}]+([{_WS}]+[^{_WS}]+){{4,6}})[{_WS}]*$"
+)
+_SPACES = re.compile(f"[{_WS}]+")
+
+
+def _exactly_one_spec(schema: dict[str, Any]) -> None:
+    schema["oneOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+        for name in ("cron", "interval", "at")
+    ]
 
 
 class ScheduleBody(BaseModel):
     """``PUT /v1/schedules/{key}``: exactly one of ``cron``, ``interval`` or ``at``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_spec)
 
-    cron: str | None = Field(default=None, min_length=1, max_length=255, examples=["0 9 * * MON"])
+    cron: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        examples=["0 9 * * MON"],
+        json_schema_extra={"pattern": CRON_PATTERN},
+    )
     interval: Interval | None = Field(default=None, examples=["P7D"])
-    at: AwareDatetime | None = Field(default=None, examples=["2030-01-06T09:00:00+01:00"])
-    timezone: str = Field(default="UTC", max_length=64, examples=["Europe/Berlin"])
-    broadcast: BroadcastCreate
-    paused: bool | None = Field(
+    at: IsoDateTime | None = Field(default=None, examples=["2030-01-06T09:00:00+01:00"])
+    timezone: str = Field(
+        default="UTC", max_length=64, examples=["Europe/Berlin"], json_schema_extra=timezone_enum
+    )
+    broadcast: ScheduledBroadcastIn
+    paused: StrictBool | None = Field(
         default=None, description="Omitted on an edit: the schedule keeps its paused state"
     )
 
@@ -97,7 +137,7 @@ class ScheduleBody(BaseModel):
     def _cron(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = " ".join(value.split())
+        value = " ".join(_SPACES.split(value.strip(_SPACE)))
         if value.upper().startswith(("CRON_TZ=", "TZ=")):
             raise ValueError("give the time zone in `timezone`, not in the cron string")
         if not value.startswith("@") and len(value.split(" ")) not in (5, 6, 7):
@@ -108,7 +148,7 @@ class ScheduleBody(BaseModel):
     @classmethod
     def _future(cls, value: datetime | None) -> datetime | None:
         if value is not None and value <= datetime.now(UTC):
-            raise ValueError("must be in the future")
+            raise PydanticCustomError("in_past", "must be in the future")
         return value
 
     @field_validator("timezone")

@@ -21,6 +21,35 @@ SUBSCRIBER_FIELDS = frozenset({"id", "email", "phone", "name", "locale", "timezo
 DATA_PATH = re.compile(r"^data(\.[A-Za-z0-9_-]{1,64}){1,8}$")
 MAX_IN = 1000
 _SCALARS = (str, int, float, bool, type(None))
+_SCALAR_SCHEMA = {"type": ["string", "number", "boolean", "null"]}
+# What ``where`` takes, for the OpenAPI document: the validator below enforces the same.
+WHERE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": 20,
+    "propertyNames": {
+        "anyOf": [{"enum": sorted(SUBSCRIBER_FIELDS)}, {"pattern": DATA_PATH.pattern}]
+    },
+    "additionalProperties": {
+        "anyOf": [
+            _SCALAR_SCHEMA,
+            {
+                "type": "object",
+                "required": ["in"],
+                "additionalProperties": False,
+                "properties": {
+                    "in": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_IN,
+                        "items": _SCALAR_SCHEMA,
+                    }
+                },
+            },
+        ]
+    },
+    "description": 'Equality with a scalar, or {"in": [scalars]}, per subscriber field or '
+    "data.<key>",
+}
 
 
 class Audience(BaseModel):
@@ -29,7 +58,9 @@ class Audience(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     topic: str = Field(pattern=TOPIC_KEY_PATTERN)
-    where: dict[str, Any] = Field(default_factory=dict, max_length=20)
+    where: dict[str, Any] = Field(
+        default_factory=dict, max_length=20, json_schema_extra=WHERE_SCHEMA
+    )
 
     @field_validator("where")
     @classmethod
@@ -46,7 +77,7 @@ class Audience(BaseModel):
 
 
 def _check(key: str, value: Any) -> PydanticCustomError | None:
-    if key not in SUBSCRIBER_FIELDS and not DATA_PATH.match(key):
+    if key not in SUBSCRIBER_FIELDS and not DATA_PATH.fullmatch(key):
         return PydanticCustomError(
             "unknown_field",
             "unknown field {field}: use one of {known} or data.<key>",

@@ -7,6 +7,7 @@ add template compilation, which runs once when the API accepts a flow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     ValidationError,
     field_validator,
@@ -21,14 +23,17 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from core.json_types import JsonInt
 from core.preferences import HHMM
 from core.retry import Duration, RetryOverride
-from core.templates import check_template, check_tree
+from core.templates import TemplateError, check_template, check_tree
 from core.types import Channel
 
 FLOW_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
+# What a webhook step's url may be: an http(s) URL, or a template rendering one.
+WEBHOOK_URL_PATTERN = r"^https?://|\{\{"
 Locale = Annotated[str, Field(pattern=LOCALE_PATTERN)]
 ACKNOWLEDGED = "acknowledged"
 # What `wait until` and `unless` may name: an acknowledgement, or engagement with an
@@ -38,6 +43,26 @@ Condition = Literal["acknowledged", "delivered", "opened", "clicked"]
 
 class _Pure(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# A dict keyed by locale refuses any other key: the document says so beside the pattern.
+_LOCALE_KEYS_ONLY: dict[str, Any] = {"additionalProperties": False}
+
+
+def _channel_required(schema: dict[str, Any]) -> None:
+    """A send step is told apart by its channel: the API refuses one without it."""
+    schema["required"] = ["channel", *(f for f in schema.get("required", []) if f != "channel")]
+
+
+def _exactly_one(*names: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra``: exactly one of ``names`` is given (and not null)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["oneOf"] = [
+            {"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in names
+        ]
+
+    return extra
 
 
 class _Step(_Pure):
@@ -73,9 +98,11 @@ class EmailStep(_Step):
     text: str = Field(min_length=1)
     html: str | None = None
     locales: dict[Locale, EmailLocale] = Field(
-        default_factory=dict, description="Per-locale overrides of subject, text and html"
+        default_factory=dict,
+        description="Per-locale overrides of subject, text and html",
+        json_schema_extra=_LOCALE_KEYS_ONLY,
     )
-    track: bool = Field(
+    track: StrictBool = Field(
         default=True, description="Open pixel and click tracking (when enabled globally)"
     )
 
@@ -83,8 +110,12 @@ class EmailStep(_Step):
 class SmsStep(_Step):
     channel: Literal[Channel.SMS] = Channel.SMS
     text: str = Field(min_length=1)
-    locales: dict[Locale, SmsLocale] = Field(default_factory=dict)
-    track_links: bool = Field(default=False, description="Rewrite links to short tracked links")
+    locales: dict[Locale, SmsLocale] = Field(
+        default_factory=dict, json_schema_extra=_LOCALE_KEYS_ONLY
+    )
+    track_links: StrictBool = Field(
+        default=False, description="Rewrite links to short tracked links"
+    )
 
 
 class PushStep(_Step):
@@ -92,7 +123,9 @@ class PushStep(_Step):
     title: str = Field(min_length=1)
     body: str = Field(min_length=1)
     data: dict[str, str] = Field(default_factory=dict)
-    locales: dict[Locale, PushLocale] = Field(default_factory=dict)
+    locales: dict[Locale, PushLocale] = Field(
+        default_factory=dict, json_schema_extra=_LOCALE_KEYS_ONLY
+    )
 
 
 class WebhookStep(_Step):
@@ -146,7 +179,7 @@ class DigestStep(_Pure):
     type: Literal["digest"]
     window: Duration
     key: str | None = Field(default=None, description="A template, e.g. {{ data.thread_id }}")
-    max_items: int = Field(default=100, ge=1, le=1000, description="Closes the window early")
+    max_items: JsonInt = Field(default=100, ge=1, le=1000, description="Closes the window early")
 
 
 ControlStep = DelayStep | WaitStep | DigestStep
@@ -188,7 +221,7 @@ Step = Annotated[
 class Throttle(_Pure):
     """At most ``limit`` notifications of the flow per subscriber (and key) per ``period``."""
 
-    limit: int = Field(ge=1, le=100_000)
+    limit: JsonInt = Field(ge=1, le=100_000)
     period: Duration
     key: str | None = Field(default=None, description="A template, e.g. {{ data.project_id }}")
 
@@ -303,21 +336,42 @@ def check_steps(title: str, steps: list[Any]) -> None:
 # --- authoring: the same shapes, plus templates compiled at save time --------------
 
 
+def _refused(problem: str) -> PydanticCustomError:
+    """A template Jinja cannot compile (or too large): the 422's type says so."""
+    return PydanticCustomError("template", "{problem}", {"problem": problem})
+
+
+def _template(source: str, *, html: bool = False) -> str:
+    try:
+        return check_template(source, html=html)
+    except TemplateError as exc:
+        raise _refused(str(exc)) from exc
+
+
+def _tree(value: Any) -> Any:
+    try:
+        return check_tree(value)
+    except TemplateError as exc:
+        raise _refused(str(exc)) from exc
+
+
 def _check_locales(locales: dict[str, Any]) -> None:
     for tag, variant in locales.items():
         for name, source in variant:
             if isinstance(source, str):
                 try:
                     check_template(source, html=name == "html")
-                except ValueError as exc:
-                    raise ValueError(f"locale {tag!r}, {name}: {exc}") from exc
+                except TemplateError as exc:
+                    raise _refused(f"locale {tag!r}, {name}: {exc}") from exc
 
 
 class EmailStepIn(EmailStep):
+    model_config = ConfigDict(json_schema_extra=_channel_required)
+
     @field_validator("subject", "text")
     @classmethod
     def _compile(cls, v: str) -> str:
-        return check_template(v)
+        return _template(v)
 
     @field_validator("locales")
     @classmethod
@@ -328,14 +382,16 @@ class EmailStepIn(EmailStep):
     @field_validator("html")
     @classmethod
     def _compile_html(cls, v: str | None) -> str | None:
-        return None if v is None else check_template(v, html=True)
+        return None if v is None else _template(v, html=True)
 
 
 class SmsStepIn(SmsStep):
+    model_config = ConfigDict(json_schema_extra=_channel_required)
+
     @field_validator("text")
     @classmethod
     def _compile(cls, v: str) -> str:
-        return check_template(v)
+        return _template(v)
 
     @field_validator("locales")
     @classmethod
@@ -345,15 +401,17 @@ class SmsStepIn(SmsStep):
 
 
 class PushStepIn(PushStep):
+    model_config = ConfigDict(json_schema_extra=_channel_required)
+
     @field_validator("title", "body")
     @classmethod
     def _compile(cls, v: str) -> str:
-        return check_template(v)
+        return _template(v)
 
     @field_validator("data")
     @classmethod
     def _compile_data(cls, v: dict[str, str]) -> dict[str, str]:
-        return check_tree(v)
+        return _tree(v)
 
     @field_validator("locales")
     @classmethod
@@ -363,6 +421,14 @@ class PushStepIn(PushStep):
 
 
 class WebhookStepIn(WebhookStep):
+    model_config = ConfigDict(json_schema_extra=_channel_required)
+
+    url: str | None = Field(
+        default=None,
+        description="Defaults to the subscriber's webhook_url; an http(s) URL or a template",
+        json_schema_extra={"pattern": WEBHOOK_URL_PATTERN},
+    )
+
     @field_validator("url")
     @classmethod
     def _compile_url(cls, v: str | None) -> str | None:
@@ -370,33 +436,35 @@ class WebhookStepIn(WebhookStep):
             return None
         if "{{" not in v and not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL or a template")
-        return check_template(v)
+        return _template(v)
 
     @field_validator("payload")
     @classmethod
     def _compile_payload(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if v is None else check_tree(v)
+        return None if v is None else _tree(v)
 
 
 class DelayStepIn(DelayStep):
+    model_config = ConfigDict(json_schema_extra=_exactly_one("duration", "until", "until_local"))
+
     @field_validator("until")
     @classmethod
     def _compile(cls, v: str | None) -> str | None:
-        return None if v is None else check_template(v)
+        return None if v is None else _template(v)
 
 
 class DigestStepIn(DigestStep):
     @field_validator("key")
     @classmethod
     def _compile(cls, v: str | None) -> str | None:
-        return None if v is None else check_template(v)
+        return None if v is None else _template(v)
 
 
 class ThrottleIn(Throttle):
     @field_validator("key")
     @classmethod
     def _compile(cls, v: str | None) -> str | None:
-        return None if v is None else check_template(v)
+        return None if v is None else _template(v)
 
 
 StepIn = Annotated[

@@ -140,6 +140,15 @@ def max_items(field: str) -> Callable[[dict[str, Any]], None]:
     return extra
 
 
+def maximum(field: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` that documents the configured limit as ``maximum``."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["maximum"] = getattr(limits(), field)
+
+    return extra
+
+
 def template_problem(source: str) -> str | None:
     """Why ``source`` is too large to be a template, or None."""
     cap = limits().max_template_bytes

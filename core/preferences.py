@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from core.types import Channel
 
-ChannelSwitch = bool | dict[Channel, bool]
+# Strict: the document says boolean, so 0, 1 and "true" are refused, not read as one.
+ChannelSwitch = StrictBool | dict[Channel, StrictBool]
 
 
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -26,17 +28,30 @@ class QuietHours(BaseModel):
 
 
 class PreferenceSet(BaseModel):
-    channels: dict[Channel, bool] = Field(default_factory=dict)
+    channels: dict[Channel, StrictBool] = Field(default_factory=dict)
     categories: dict[str, ChannelSwitch] = Field(default_factory=dict)
     flows: dict[str, ChannelSwitch] = Field(default_factory=dict)
     quiet_hours: QuietHours | None = None
     # Topic key -> False opts out of the topic's broadcasts.
-    topics: dict[str, bool] = Field(default_factory=dict)
+    topics: dict[str, StrictBool] = Field(default_factory=dict)
+
+
+@cache
+def known_timezones() -> tuple[str, ...]:
+    """The zones of the tz database: what a ``timezone`` field may name (the OpenAPI enum)."""
+    return tuple(sorted(available_timezones()))
+
+
+def timezone_enum(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a timezone field: the document lists the zones it takes."""
+    schema["enum"] = list(known_timezones())
 
 
 def iana_timezone(value: str) -> str:
     """A pydantic validator's check: the name must be a zone the tz database knows."""
     try:
+        if value not in known_timezones():
+            raise ZoneInfoNotFoundError(value)
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown IANA timezone {value!r}, e.g. Europe/Berlin") from exc

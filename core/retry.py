@@ -7,18 +7,33 @@ the activity. Durations are ISO 8601 (``PT30S``, ``P1D``) or seconds.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from core.json_types import JSON_NUMBER
+
+MAX_SECONDS = 86_399_999_999_999  # a second short of timedelta.max
+_LONGEST = timedelta(seconds=MAX_SECONDS)
 
 
 def _positive(v: timedelta) -> timedelta:
     if v <= timedelta(0):
         raise ValueError("must be a positive duration (ISO 8601 such as PT30S, or seconds)")
+    if v > _LONGEST:
+        raise ValueError(f"must be at most {MAX_SECONDS:,} seconds")
     return v
 
 
-Duration = Annotated[timedelta, AfterValidator(_positive)]
+# What pydantic reads as a timedelta, so the OpenAPI document says so: ISO 8601 or seconds.
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "duration", "examples": ["PT30S", "P1D"]},
+        # Below a microsecond a number of seconds is no time at all.
+        {"type": "number", "minimum": 1e-6, "maximum": MAX_SECONDS},
+    ]
+}
+Duration = Annotated[timedelta, AfterValidator(_positive), WithJsonSchema(DURATION_SCHEMA)]
 
 
 class RetryOverride(BaseModel):
@@ -27,10 +42,10 @@ class RetryOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     initial_interval: Duration | None = None
-    backoff_coefficient: float | None = Field(default=None, ge=1.0, le=100.0)
+    backoff_coefficient: Annotated[float, Field(ge=1.0, le=100.0), JSON_NUMBER] | None = None
     maximum_interval: Duration | None = None
-    maximum_attempts: int | None = Field(
-        default=None, ge=0, le=1000, description="0 means no limit (the deadline still applies)"
+    maximum_attempts: Annotated[int, Field(ge=0, le=1000), JSON_NUMBER] | None = Field(
+        default=None, description="0 means no limit (the deadline still applies)"
     )
 
 

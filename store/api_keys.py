@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel, col, or_, select
 
 from store.db import dialect_insert, table
-from store.models import Tenant, UTCDateTime, _ts, utcnow
+from store.models import NO_NUL, Tenant, UTCDateTime, _ts, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ class ApiKeyRecord(SQLModel, table=True):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant: Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_NUL),
+    ]
 
 
 class KeyPublic(BaseModel):

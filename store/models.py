@@ -6,18 +6,21 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     BeforeValidator,
     Discriminator,
     EmailStr,
+    StrictBool,
     StringConstraints,
     Tag,
     field_validator,
     model_validator,
 )
 from pydantic import Field as PydanticField
+from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -31,8 +34,17 @@ from core.flows import (
     check_step_tags,
     check_steps,
 )
-from core.limits import at_most, check_data, check_flow_size, count_check, max_items
-from core.preferences import PreferenceSet, iana_timezone
+from core.json_types import JSON_NUMBER, JsonInt
+from core.limits import (
+    at_most,
+    check_data,
+    check_flow_size,
+    count_check,
+    limits,
+    max_items,
+    maximum,
+)
+from core.preferences import PreferenceSet, iana_timezone, timezone_enum
 from core.types import Channel, DeliveryStatus
 
 
@@ -63,9 +75,55 @@ def _ts(**kw: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
 
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# ASCII digits only (``\d`` takes any script's), matched whole (``$`` lets a newline by).
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+E164 = re.compile(E164_PATTERN)
 LOCALE = re.compile(LOCALE_PATTERN)
 SUBSCRIBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$"
+# PostgreSQL text cannot hold U+0000: strings that reach a text column or a query refuse it.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
+MAX_PUSH_TOKEN = 4096
+MAX_URL = 2048  # the column's length
+# RFC 3339, as the OpenAPI ``date-time`` format says: an offset is required, a number is not
+# a time (pydantic alone takes 0.5 as 1970 and a naive time the database refuses).
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise PydanticCustomError(
+            "datetime_format",
+            "must be an RFC 3339 date-time with an offset, e.g. 2026-11-24T09:00:00Z",
+        )
+    return value
+
+
+# Request times: aware, ISO 8601 strings only.
+IsoDateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
+HTTP_URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# What email-validator takes beyond the ``email`` format: a dotted domain that is not a
+# special-use name (.test, .local, ...), a local part of at most 64 characters.
+_SPECIAL_USE = "|".join(_any_case(d) for d in SPECIAL_USE_DOMAIN_NAMES)
+EMAIL_PATTERN = rf"^[^@]{{1,64}}@(?![^@]*\.(?:{_SPECIAL_USE})$)[^@]+\.[^@]+$"
+PushToken = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PUSH_TOKEN)]
+
+
+def _stored_url(url: AnyHttpUrl) -> AnyHttpUrl:
+    """As normalised (punycode, a trailing slash) it must still fit the column."""
+    if len(str(url)) > MAX_URL:
+        raise PydanticCustomError("url_too_long", "is over {max} characters", {"max": MAX_URL})
+    return url
 
 
 # --- tenants and keys -------------------------------------------------------
@@ -92,13 +150,28 @@ class SubscriberBase(SQLModel):
 
 
 class SubscriberCreate(SubscriberBase):
-    email: EmailStr | None = None
-    webhook_url: AnyHttpUrl | None = None  # type: ignore[assignment]
+    email: EmailStr | None = PydanticField(
+        default=None, json_schema_extra={"maxLength": 254, "pattern": EMAIL_PATTERN}
+    )
+    webhook_url: Annotated[AnyHttpUrl, AfterValidator(_stored_url)] | None = PydanticField(  # type: ignore[assignment]
+        default=None, json_schema_extra={"maxLength": MAX_URL, "pattern": HTTP_URL_PATTERN}
+    )
+    phone: str | None = PydanticField(default=None, json_schema_extra={"pattern": E164_PATTERN})
+    # Repeats are dropped, then the distinct tokens counted: no maxItems, which counts repeats.
+    push_tokens: list[PushToken] = PydanticField(
+        default_factory=list,
+        description="At most HERALD_MAX_PUSH_TOKENS (20) distinct tokens; repeats are dropped",
+    )
+    locale: str = PydanticField(
+        default="en", max_length=35, json_schema_extra={"pattern": LOCALE_PATTERN}
+    )
+    timezone: str = PydanticField(default="UTC", max_length=64, json_schema_extra=timezone_enum)
+    name: str | None = PydanticField(default=None, max_length=200, pattern=NO_NUL)
 
     @field_validator("phone")
     @classmethod
     def _e164(cls, v: str | None) -> str | None:
-        if v is not None and not E164.match(v):
+        if v is not None and not E164.fullmatch(v):
             raise ValueError("must be an E.164 number such as +14155550100")
         return v
 
@@ -110,16 +183,23 @@ class SubscriberCreate(SubscriberBase):
     @field_validator("locale")
     @classmethod
     def _locale(cls, v: str) -> str:
-        if not LOCALE.match(v):
+        if not LOCALE.fullmatch(v):
             raise ValueError("must be a language tag such as en or pt-BR")
         return v
 
     @field_validator("push_tokens")
     @classmethod
     def _tokens(cls, v: list[str]) -> list[str]:
-        if any(not t or len(t) > 4096 for t in v):
-            raise ValueError("push tokens must be non-empty strings")
-        return count_check("max_push_tokens", "push tokens")(list(dict.fromkeys(v)))
+        distinct = list(dict.fromkeys(v))
+        cap = limits().max_push_tokens
+        if len(distinct) > cap:
+            raise PydanticCustomError(
+                "too_many_distinct",
+                "has {count} distinct push tokens, over the limit of {cap} "
+                "(HERALD_MAX_PUSH_TOKENS)",
+                {"count": f"{len(distinct):,}", "cap": f"{cap:,}"},
+            )
+        return distinct
 
     @field_validator("data")
     @classmethod
@@ -188,14 +268,38 @@ class FlowBase(SQLModel):
 
 
 EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
+_SEND_STEPS = ("EmailStepIn", "SmsStepIn", "PushStepIn", "WebhookStepIn")
+
+
+def _steps_schema(schema: dict[str, Any]) -> None:
+    """What of ``check_steps`` JSON Schema can say: a send step somewhere, a digest only first.
+
+    That a wait or a delay is followed by a send, and that "delivered" and the like follow
+    one, are rules of order it cannot state (the 422 names the step).
+    """
+    max_items("max_flow_steps")(schema)
+    choices = schema["items"]["oneOf"]
+
+    def of(name: str) -> dict[str, Any]:  # refs are pydantic's own until FastAPI renames them
+        (found,) = [c for c in choices if name in c["$ref"]]
+        return found
+
+    digest = of("DigestStepIn")
+    schema["contains"] = {"oneOf": [of(n) for n in _SEND_STEPS]}
+    schema["prefixItems"] = [schema["items"]]
+    schema["items"] = {"oneOf": [c for c in choices if c is not digest]}
 
 
 class FlowCreate(FlowBase):
     event_type: EventType
-    category: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] = "transactional"
+    critical: StrictBool = False
+    # The column holds 64 characters; the key pattern alone would let 128 by.
+    category: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN, max_length=64)] = (
+        "transactional"
+    )
     steps: Annotated[
         list[StepIn],
-        PydanticField(min_length=1, json_schema_extra=max_items("max_flow_steps")),
+        PydanticField(min_length=1, json_schema_extra=_steps_schema),
         BeforeValidator(count_check("max_flow_steps", "steps")),
     ]
     throttle: ThrottleIn | None = None
@@ -451,7 +555,7 @@ class DeliveryDetail(DeliveryPublic):
 class Opened(SQLModel):
     """An app reports that a push (or any message) was opened."""
 
-    occurred_at: datetime | None = None
+    occurred_at: IsoDateTime | None = None
 
 
 class SandboxMessage(SQLModel, table=True):
@@ -477,7 +581,22 @@ class SandboxMessagePublic(SQLModel):
 
 # --- event API shapes -------------------------------------------------------------
 
-SubscriberId = Annotated[str, StringConstraints(pattern=SUBSCRIBER_ID_PATTERN)]
+# POST /v1/subscribers/bulk is the bulk import: no subscriber can be reached at that path.
+RESERVED_SUBSCRIBER_IDS = ("bulk",)
+
+
+def not_reserved(value: str) -> str:
+    if value in RESERVED_SUBSCRIBER_IDS:
+        raise PydanticCustomError("reserved_id", "{id!r} is reserved", {"id": value})
+    return value
+
+
+SubscriberId = Annotated[
+    str,
+    StringConstraints(pattern=SUBSCRIBER_ID_PATTERN),
+    AfterValidator(not_reserved),
+    PydanticField(json_schema_extra={"not": {"enum": list(RESERVED_SUBSCRIBER_IDS)}}),
+]
 
 
 class InlineSubscriber(SubscriberCreate):
@@ -503,8 +622,13 @@ class EventCreate(EventBase):
         PydanticField(min_length=1, json_schema_extra=max_items("max_recipients")),
         BeforeValidator(count_check("max_recipients", "recipients")),
     ]
-    actor: str | None = Field(default=None, max_length=128)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    actor: str | None = PydanticField(default=None, max_length=128, pattern=NO_NUL)
+    cancellation_key: str | None = PydanticField(
+        default=None, min_length=1, max_length=255, pattern=NO_NUL
+    )
+    idempotency_key: str | None = PydanticField(
+        default=None, min_length=1, max_length=255, pattern=NO_NUL
+    )
 
     @field_validator("data")
     @classmethod
@@ -532,7 +656,7 @@ class NotificationPublic(NotificationRef):
 
 
 class CancelRequest(SQLModel):
-    cancellation_key: str = Field(min_length=1, max_length=255)
+    cancellation_key: str = PydanticField(min_length=1, max_length=255, pattern=NO_NUL)
 
 
 class CancelResult(SQLModel):
@@ -575,9 +699,9 @@ class DeadLetterPublic(SQLModel):
 
 class RetryFilter(SQLModel):
     channel: Channel | None = None
-    flow: str | None = None
-    since: datetime | None = None
-    limit: int = PydanticField(default=500, ge=1, le=5000)
+    flow: Text | None = None
+    since: IsoDateTime | None = None
+    limit: JsonInt = PydanticField(default=500, ge=1, le=5000)
 
 
 class RetryAccepted(SQLModel):
@@ -587,18 +711,23 @@ class RetryAccepted(SQLModel):
 class ReplayCreate(SQLModel):
     """Replay stored events; give ``replay_id`` to make repeating the call a no-op."""
 
-    flow: str | None = PydanticField(default=None, description="Only this flow (e.g. a new one)")
-    replay_id: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN)] | None = None
-    dry_run: bool = False
+    flow: Text | None = PydanticField(default=None, description="Only this flow (e.g. a new one)")
+    replay_id: Annotated[str, StringConstraints(pattern=FLOW_KEY_PATTERN, max_length=64)] | None = (
+        None  # notifications.replay_id holds 64 characters
+    )
+    dry_run: StrictBool = False
 
 
 class ReplayQuery(ReplayCreate):
-    type: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    limit: Annotated[int | None, AfterValidator(at_most("max_replay_events"))] = PydanticField(
+    type: Text | None = None
+    since: IsoDateTime | None = None
+    until: IsoDateTime | None = None
+    limit: Annotated[
+        Annotated[int, PydanticField(ge=1), JSON_NUMBER] | None,
+        AfterValidator(at_most("max_replay_events")),
+    ] = PydanticField(
         default=None,
-        ge=1,
+        json_schema_extra=maximum("max_replay_events"),
         description="Events to go through: 1,000 unless given, at most "
         "HERALD_MAX_REPLAY_EVENTS (10,000)",
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, StringConstraints, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic import Field as PydanticField
 from sqlalchemy import and_, delete, func
 from sqlalchemy import select as sa_select
@@ -15,10 +15,11 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from core.audience import Audience, data_filtered, matches
 from store.db import dialect_insert
 from store.models import (
-    SUBSCRIBER_ID_PATTERN,
+    NO_NUL,
     Preference,
     Subscriber,
     SubscriberCreate,
+    SubscriberId,
     _ts,
     utcnow,
 )
@@ -37,7 +38,7 @@ class TopicBase(SQLModel):
 
 
 class TopicCreate(TopicBase):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = PydanticField(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 class Topic(TopicBase, table=True):
@@ -70,7 +71,7 @@ _SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 
 
 class TopicMembersIn(SQLModel):
-    subscribers: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+    subscribers: list[SubscriberId] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class TopicMembersAdded(SQLModel):
@@ -321,7 +322,7 @@ def audience_count(session: Session, tenant_id: str, audience: Audience) -> int:
 class SubscriberBulkRow(SubscriberCreate):
     """One row of a bulk import: PUT /v1/subscribers/{id}'s body plus its id."""
 
-    id: Annotated[str, StringConstraints(pattern=SUBSCRIBER_ID_PATTERN)]
+    id: SubscriberId
 
 
 class SubscriberBulkIn(SQLModel):

@@ -12,10 +12,14 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import KeyAuthenticator, ReadSessionDep, SessionDep, SettingsDep
+from api.responses import error
 from store import api_keys as q
 from store.api_keys import TENANT_PATTERN, KeyCreate, KeyCreated, KeyPublic
+from store.models import NO_NUL
 
-_admin_bearer = HTTPBearer(auto_error=False, description="HERALD_ADMIN_KEY")
+_admin_bearer = HTTPBearer(
+    auto_error=False, scheme_name="HeraldAdminKey", description="HERALD_ADMIN_KEY"
+)
 
 
 def require_admin(
@@ -38,9 +42,12 @@ router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={401: {"description": "Missing or wrong admin key"}, 404: {"description": "Off"}},
+    responses={
+        **error(401, "Missing or wrong admin key"),
+        **error(404, "The admin API is off (no HERALD_ADMIN_KEY)"),
+    },
 )
-KeyId = Annotated[str, Path(max_length=32)]
+KeyId = Annotated[str, Path(max_length=32, pattern=NO_NUL)]
 
 
 @router.post("/keys", response_model=KeyCreated, status_code=status.HTTP_201_CREATED)
@@ -59,7 +66,11 @@ def list_keys(
     return q.list_keys(session, tenant, include_revoked)
 
 
-@router.delete("/keys/{key_id}", response_model=KeyPublic)
+@router.delete(
+    "/keys/{key_id}",
+    response_model=KeyPublic,
+    responses=error(404, "No API key with this id (or the admin API is off)"),
+)
 def revoke_key(key_id: KeyId, session: SessionDep, request: Request) -> KeyPublic:
     """Revoke for good: this process refuses the key at once, other API processes within
     ``KEY_CACHE_SECONDS`` (10 s). Revoking a revoked key changes nothing."""

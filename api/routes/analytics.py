@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import ReadSessionDep, TenantDep, field_error
+from api.deps import ReadSessionDep, TenantDep, TextQuery, field_error
 from core.types import Channel
 from store.analytics import (
     MAX_TIME_BUCKETS,
@@ -19,7 +19,7 @@ from store.analytics import (
     bucket_count,
     top_reasons,
 )
-from store.models import utcnow
+from store.models import IsoDateTime, utcnow
 
 router = APIRouter(tags=["analytics"])
 
@@ -31,13 +31,13 @@ def get_analytics(
     session: ReadSessionDep,
     tenant: TenantDep,
     since: Annotated[
-        datetime | None, Query(description="Start (rounds down to the hour); until - 7 days")
+        IsoDateTime | None, Query(description="Start (rounds down to the hour); until - 7 days")
     ] = None,
-    until: Annotated[datetime | None, Query(description="End, exclusive; now")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="End, exclusive; now")] = None,
     group_by: GroupBy = GroupBy.DAY,
-    flow: str | None = None,
+    flow: TextQuery = None,
     channel: Channel | None = None,
-    category: str | None = None,
+    category: TextQuery = None,
 ) -> AnalyticsReport:
     """Sent, delivered, bounced, failed, opened, clicked per group, with rates and latency.
 
@@ -46,7 +46,9 @@ def get_analytics(
     start, end = _window(since, until)
     if bucket_count(start, end, group_by) > MAX_TIME_BUCKETS:
         raise field_error(
-            ["query", "since"], f"the window holds more than {MAX_TIME_BUCKETS} {group_by}s"
+            ["query", "since"],
+            f"the window holds more than {MAX_TIME_BUCKETS} {group_by}s",
+            "window_too_large",
         )
     return analytics(
         session,
@@ -64,8 +66,8 @@ def get_analytics(
 def get_reasons(
     session: ReadSessionDep,
     tenant: TenantDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDateTime | None = None,
+    until: IsoDateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> ReasonsReport:
     """The most common failure and bounce reasons of deliveries updated in the window."""
@@ -77,5 +79,5 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[datetime, d
     end = utcnow() if until is None else as_utc(until)
     start = end - DEFAULT_WINDOW if since is None else as_utc(since)
     if start >= end:
-        raise field_error(["query", "since"], "since must be before until")
+        raise field_error(["query", "since"], "since must be before until", "window_order")
     return start, end

@@ -19,7 +19,17 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.deps import EngineDep, GatewayDep, ReadSessionDep, SettingsDep, TenantDep, field_error
+from api.bodies import BroadcastIn
+from api.deps import (
+    EngineDep,
+    GatewayDep,
+    ReadSessionDep,
+    Ref,
+    SettingsDep,
+    TenantDep,
+    field_error,
+)
+from api.responses import error
 from core.audience import Audience
 from core.flows import FlowDefinition
 from core.settings import Settings
@@ -35,6 +45,7 @@ from workflows.types import BroadcastInput, NotificationInput
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/broadcasts", tags=["broadcasts"])
+NOT_FOUND = error(404, "No broadcast with this id")
 
 
 @router.post(
@@ -42,12 +53,12 @@ router = APIRouter(prefix="/v1/broadcasts", tags=["broadcasts"])
     status_code=status.HTTP_202_ACCEPTED,
     response_model=q.BroadcastPublic,
     responses={
-        200: {"description": "Repeated idempotency key: the same broadcast"},
-        503: {"description": "Stored, but Temporal is unreachable; repeat with the same key"},
+        200: {"model": q.BroadcastPublic, "description": "Repeated idempotency key: the same one"},
+        **error(503, "Stored, but Temporal is unreachable; repeat with the same key"),
     },
 )
 async def create_broadcast(
-    body: q.BroadcastCreate,
+    body: BroadcastIn,
     tenant: TenantDep,
     engine: EngineDep,
     settings: SettingsDep,
@@ -78,9 +89,9 @@ async def create_broadcast(
     )
 
 
-@router.get("/{broadcast_id}", response_model=q.BroadcastPublic)
+@router.get("/{broadcast_id}", response_model=q.BroadcastPublic, responses=NOT_FOUND)
 def get_broadcast(
-    broadcast_id: str, session: ReadSessionDep, tenant: TenantDep
+    broadcast_id: Ref, session: ReadSessionDep, tenant: TenantDep
 ) -> q.BroadcastPublic:
     row = q.get_broadcast(session, tenant, broadcast_id)
     if row is None:
@@ -88,9 +99,13 @@ def get_broadcast(
     return q.public(session, row)
 
 
-@router.post("/{broadcast_id}/{action}", response_model=q.BroadcastPublic)
+@router.post(
+    "/{broadcast_id}/{action}",
+    response_model=q.BroadcastPublic,
+    responses={**NOT_FOUND, **error(409, "The broadcast is cancelled or completed")},
+)
 async def control_broadcast(
-    broadcast_id: str, action: str, tenant: TenantDep, engine: EngineDep, gateway: GatewayDep
+    broadcast_id: Ref, action: str, tenant: TenantDep, engine: EngineDep, gateway: GatewayDep
 ) -> q.BroadcastPublic:
     """``pause``, ``resume`` or ``cancel``: stored first, then signalled to the workflow."""
     new = {"pause": "paused", "resume": "running", "cancel": "cancelled"}.get(action)
@@ -131,7 +146,7 @@ def _create(
                 workflow_id_for=lambda bid: broadcast_workflow_id(tenant, bid),
             )
         except q.BroadcastError as exc:
-            raise field_error(["body", *exc.field], str(exc)) from exc
+            raise field_error(["body", *exc.field], str(exc), "not_found") from exc
         template = notification_template(settings, tenant, row.event_id, row.event_type)
         session.expunge(row)
         return row, created, template

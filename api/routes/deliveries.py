@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
+from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, GatewayDep, ReadSessionDep, SettingsDep, TenantDep
+from api.deps import (
+    EngineDep,
+    GatewayDep,
+    ReadSessionDep,
+    Ref,
+    SettingsDep,
+    TenantDep,
+    TextQuery,
+    temporal_unavailable,
+)
 from api.engagement import signal_reached
+from api.methods import names_a_sibling, other_than, segment
+from api.responses import error
 from core.lifecycle import Kind, Observation, Source
 from core.settings import Settings
 from core.types import Channel, DeliveryStatus
 from dispatching.outbox import retry_with_start
-from dispatching.temporal import TemporalGateway, signal_open
+from dispatching.temporal import TemporalGateway, TemporalUnavailableError, signal_open
 from store.db import read_scope
 from store.deliveries import delivery_detail, failed_deliveries, notification_for
 from store.events import AcceptedEvent, accepted_notification
 from store.lifecycle import record_batch
 from store.models import (
+    NO_NUL,
     DeadLetterPublic,
     Delivery,
     DeliveryDetail,
+    IsoDateTime,
     Notification,
     Opened,
     RetryAccepted,
@@ -33,6 +46,8 @@ from store.models import (
 from workflows.types import RetryRequest
 
 router = APIRouter(tags=["deliveries"])
+DELIVERY_NOT_FOUND = error(404, "No delivery with this id")
+RETRY_UNAVAILABLE = error(503, "Temporal is unreachable; nothing was retried")
 
 
 @router.get("/v1/deliveries", response_model=list[DeadLetterPublic])
@@ -41,8 +56,8 @@ def list_deliveries(
     tenant: TenantDep,
     status_: Annotated[DeliveryStatus, Query(alias="status")] = DeliveryStatus.FAILED,
     channel: Channel | None = None,
-    flow: str | None = None,
-    since: datetime | None = None,
+    flow: TextQuery = None,
+    since: IsoDateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetterPublic]:
     """The dead-letter view with ``status=failed`` (the default), newest first."""
@@ -62,9 +77,14 @@ def list_deliveries(
     "/v1/notifications/{notification_id}/retry",
     response_model=RetryAccepted,
     status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **error(404, "No notification with this id"),
+        **error(409, "Closed: its dead-letter retention has passed, or nothing failed"),
+        **RETRY_UNAVAILABLE,
+    },
 )
 async def retry_notification(
-    notification_id: str,
+    notification_id: Ref,
     session: ReadSessionDep,
     tenant: TenantDep,
     gateway: GatewayDep,
@@ -88,7 +108,10 @@ async def retry_notification(
 
 
 @router.post(
-    "/v1/deliveries/retry", response_model=RetryAccepted, status_code=status.HTTP_202_ACCEPTED
+    "/v1/deliveries/retry",
+    response_model=RetryAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=RETRY_UNAVAILABLE,
 )
 async def retry_deliveries(
     body: RetryFilter,
@@ -115,8 +138,16 @@ async def retry_deliveries(
     return RetryAccepted(notifications=[n for n, ok in zip(targets, sent, strict=True) if ok])
 
 
-@router.get("/v1/deliveries/{delivery_id}", response_model=DeliveryDetail)
-def get_delivery(delivery_id: str, session: ReadSessionDep, tenant: TenantDep) -> DeliveryDetail:
+@router.get(
+    f"/v1/deliveries/{segment('delivery_id', 'retry')}",
+    response_model=DeliveryDetail,
+    responses={**DELIVERY_NOT_FOUND, **names_a_sibling("retry")},
+)
+def get_delivery(
+    delivery_id: Annotated[str, Path(pattern=NO_NUL, json_schema_extra=other_than("retry"))],
+    session: ReadSessionDep,
+    tenant: TenantDep,
+) -> DeliveryDetail:
     """The delivery's timeline: sent, delivered, opened, every click, bounce reason."""
     detail = delivery_detail(session, tenant, delivery_id)
     if detail is None:
@@ -128,9 +159,10 @@ def get_delivery(delivery_id: str, session: ReadSessionDep, tenant: TenantDep) -
     "/v1/deliveries/{delivery_id}/opened",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DeliveryDetail,
+    responses=DELIVERY_NOT_FOUND,
 )
 async def report_opened(
-    delivery_id: str,
+    delivery_id: Ref,
     tenant: TenantDep,
     engine: EngineDep,
     gateway: GatewayDep,
@@ -169,14 +201,23 @@ async def _retry(
     """False when the notification has completed: nothing is left to retry.
 
     A broadcast's fast path sent without a notification workflow; its retry starts one.
+    Temporal out of reach is a 503: the caller retries, nothing was lost.
     """
-    client = await gateway.client()
-    if notification.broadcast_id is None:
-        return await signal_open(client, notification.workflow_id, "retry", request)
-    accepted = await run_in_threadpool(_accepted, engine, notification)
-    if accepted is None:
-        return False
-    return await retry_with_start(client, settings, accepted, request)
+    try:
+        client = await gateway.client()
+        if notification.broadcast_id is None:
+            return await signal_open(client, notification.workflow_id, "retry", request)
+        accepted = await run_in_threadpool(_accepted, engine, notification)
+        if accepted is None:
+            return False
+        return await retry_with_start(client, settings, accepted, request)
+    except TemporalUnavailableError as exc:
+        raise temporal_unavailable(f"Temporal is unreachable: {exc}") from exc
+    except RPCError as exc:
+        if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise
+        gateway.mark_unreachable(exc)
+        raise temporal_unavailable(f"Temporal is unreachable: {exc.message}") from exc
 
 
 def _accepted(engine: Engine, notification: Notification) -> AcceptedEvent | None:

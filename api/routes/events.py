@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, status
+from fastapi import APIRouter, Header, HTTPException, Path, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
@@ -12,11 +12,14 @@ from api.deps import (
     EngineDep,
     GatewayDep,
     ReadSessionDep,
+    Ref,
     SettingsDep,
     TenantDep,
     field_error,
     temporal_unavailable,
 )
+from api.methods import names_a_sibling, other_than, segment
+from api.responses import error
 from core.limits import WorkflowInputTooLargeError, limits
 from core.settings import Settings
 from core.types import new_id
@@ -27,6 +30,7 @@ from store.db import read_scope
 from store.deliveries import clicks_for
 from store.flows import get_flow
 from store.models import (
+    NO_NUL,
     DeliveryPublic,
     EventAccepted,
     EventCreate,
@@ -43,6 +47,8 @@ from store.models import (
 from store.outbox import failure_of
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
+NOT_FOUND = error(404, "No event with this id")
+REPLAY_UNAVAILABLE = error(503, "Stored, but Temporal is unreachable; repeat with the replay_id")
 
 
 @router.post(
@@ -50,9 +56,9 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EventAccepted,
     responses={
-        200: {"description": "Repeated idempotency key: the first request's result"},
-        409: {"description": "Idempotency key reused with a different body"},
-        503: {"description": "Stored, but Temporal is unreachable; not dispatched yet"},
+        200: {"model": EventAccepted, "description": "Repeated idempotency key: the first result"},
+        **error(409, "Idempotency key reused with a different body"),
+        **error(503, "Stored, but Temporal is unreachable; not dispatched yet"),
     },
 )
 async def publish_event(
@@ -62,11 +68,17 @@ async def publish_event(
     settings: SettingsDep,
     gateway: GatewayDep,
     dispatcher: DispatcherDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=255, pattern=NO_NUL)
+    ] = None,
 ) -> JSONResponse:
     """Store the event and start one notification per matching flow and recipient."""
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
-        raise field_error(["body", "idempotency_key"], "differs from the Idempotency-Key header")
+        raise field_error(
+            ["body", "idempotency_key"],
+            "differs from the Idempotency-Key header",
+            "idempotency_key_mismatch",
+        )
     key = idempotency_key or body.idempotency_key
     recipients = q.recipient_specs(body)
     try:
@@ -142,8 +154,18 @@ async def publish_event(
     )
 
 
-@router.get("/{event_id}", response_model=EventPublic)
-def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> EventPublic:
+@router.get(
+    f"/{segment('event_id', 'cancel', 'replay')}",
+    response_model=EventPublic,
+    responses={**NOT_FOUND, **names_a_sibling("cancel", "replay")},
+)
+def get_event(
+    event_id: Annotated[
+        str, Path(pattern=NO_NUL, json_schema_extra=other_than("cancel", "replay"))
+    ],
+    session: ReadSessionDep,
+    tenant: TenantDep,
+) -> EventPublic:
     detail = q.get_event_detail(session, tenant, event_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id!r} not found")
@@ -179,7 +201,7 @@ def get_event(event_id: str, session: ReadSessionDep, tenant: TenantDep) -> Even
     )
 
 
-@router.post("/replay", response_model=ReplayResult, responses={503: {"description": "Temporal"}})
+@router.post("/replay", response_model=ReplayResult, responses=REPLAY_UNAVAILABLE)
 async def replay_events(
     body: ReplayQuery,
     tenant: TenantDep,
@@ -192,10 +214,12 @@ async def replay_events(
 
 
 @router.post(
-    "/{event_id}/replay", response_model=ReplayResult, responses={503: {"description": "Temporal"}}
+    "/{event_id}/replay",
+    response_model=ReplayResult,
+    responses={**NOT_FOUND, **REPLAY_UNAVAILABLE},
 )
 async def replay_event(
-    event_id: str,
+    event_id: Ref,
     tenant: TenantDep,
     engine: EngineDep,
     settings: SettingsDep,
@@ -222,11 +246,12 @@ async def _replay(
     if body.flow is not None:
         flow = await run_in_threadpool(_flow, engine, tenant, body.flow)
         if flow is None:
-            raise field_error(["body", "flow"], f"flow {body.flow!r} does not exist")
+            raise field_error(["body", "flow"], f"flow {body.flow!r} does not exist", "not_found")
         if body.type is not None and body.type != flow.event_type:
             raise field_error(
                 ["body", "type"],
                 f"flow {flow.key!r} handles {flow.event_type!r}, not {body.type!r}",
+                "flow_type_mismatch",
             )
     try:
         plan = await run_in_threadpool(

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
 from api.deps import ReadSessionDep, SessionDep, SettingsDep, TenantDep, field_error
+from api.responses import error
 from core.flows import FLOW_KEY_PATTERN, WebhookStep
 from core.netguard import AddressPolicy, static_url_refusal
 from store import flows as q
@@ -12,6 +13,7 @@ from store.models import FlowCreate, FlowPublic
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"])
 FlowKey = Annotated[str, Path(pattern=FLOW_KEY_PATTERN)]
+NOT_FOUND = error(404, "No flow with this key")
 
 
 @router.put("/{key}", response_model=FlowPublic)
@@ -34,7 +36,9 @@ def _check_webhook_urls(body: FlowCreate, policy: AddressPolicy) -> None:
             continue  # rendered per event: checked at each send
         refusal = static_url_refusal(url, policy)
         if refusal is not None:
-            raise field_error(["body", "steps", index, "webhook", "url"], refusal)
+            raise field_error(
+                ["body", "steps", index, "webhook", "url"], refusal, "blocked_address"
+            )
 
 
 @router.get("", response_model=list[FlowPublic])
@@ -44,7 +48,7 @@ def list_flows(session: ReadSessionDep, tenant: TenantDep) -> list[FlowPublic]:
     ]
 
 
-@router.get("/{key}", response_model=FlowPublic)
+@router.get("/{key}", response_model=FlowPublic, responses=NOT_FOUND)
 def get_flow(key: FlowKey, session: ReadSessionDep, tenant: TenantDep) -> FlowPublic:
     row = q.get_flow(session, tenant, key)
     if row is None:
@@ -52,7 +56,7 @@ def get_flow(key: FlowKey, session: ReadSessionDep, tenant: TenantDep) -> FlowPu
     return FlowPublic.model_validate(row, from_attributes=True)
 
 
-@router.delete("/{key}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{key}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 def delete_flow(key: FlowKey, session: SessionDep, tenant: TenantDep) -> Response:
     if not q.delete_flow(session, tenant, key):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"flow {key!r} not found")

@@ -12,7 +12,8 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 
-from api.deps import EngineDep, GatewayDep, TenantDep
+from api.deps import EngineDep, GatewayDep, Ref, TenantDep
+from api.responses import error
 from dispatching.temporal import signal_quietly
 from store.db import session_scope
 from store.models import Acknowledged, CancelRequest, CancelResult, Notification
@@ -26,9 +27,10 @@ router = APIRouter(tags=["notifications"])
     "/v1/notifications/{notification_id}/ack",
     response_model=Acknowledged,
     status_code=status.HTTP_202_ACCEPTED,
+    responses=error(404, "No notification with this id"),
 )
 async def ack_notification(
-    notification_id: str, tenant: TenantDep, engine: EngineDep, gateway: GatewayDep
+    notification_id: Ref, tenant: TenantDep, engine: EngineDep, gateway: GatewayDep
 ) -> Acknowledged:
     """Ends a `wait` early; sends marked `unless: acknowledged` are skipped."""
     row = await run_in_threadpool(_ack, engine, tenant, notification_id)

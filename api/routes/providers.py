@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from api.deps import EngineDep, GatewayDep, SettingsDep
 from api.engagement import signal_reached
+from api.responses import error
 from core.lifecycle import Observation
 from core.provider_events import (
     SENDGRID_EVENTS_PATH,
@@ -35,6 +37,63 @@ from store.lifecycle import Recorded, record_batch
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["providers"])
+SIGNATURE = error(403, "Invalid or missing provider signature")
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    """A header the signature check reads (absent: 403, as a wrong signature)."""
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+# The routes read their bodies raw (the signatures cover the exact bytes): say what they take.
+SENDGRID_REQUEST = {
+    "parameters": [
+        _header(SENDGRID_SIGNATURE_HEADER, "Base64 ECDSA signature of timestamp + body"),
+        _header(SENDGRID_TIMESTAMP_HEADER, "The signed timestamp"),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {"type": "object", "additionalProperties": True},
+                    "description": "SendGrid Event Webhook events",
+                }
+            }
+        },
+    },
+}
+TWILIO_REQUEST = {
+    "parameters": [
+        _header(TWILIO_SIGNATURE_HEADER, "Base64 HMAC-SHA1 of the URL and the form"),
+        {
+            "name": "delivery",
+            "in": "query",
+            "required": False,
+            "description": "The delivery id Herald put in the callback URL",
+            "schema": {"type": "string"},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Twilio's status callback (MessageSid, MessageStatus, ...)",
+                }
+            }
+        },
+    },
+}
 
 
 class EventsReceived(BaseModel):
@@ -47,7 +106,17 @@ class EventsReceived(BaseModel):
     ignored: int
 
 
-@router.post(SENDGRID_EVENTS_PATH, response_model=EventsReceived)
+@router.post(
+    SENDGRID_EVENTS_PATH,
+    response_model=EventsReceived,
+    openapi_extra=SENDGRID_REQUEST,
+    responses={
+        **error(400, "Not a JSON array of events"),
+        **SIGNATURE,
+        **error(413, "Body over HERALD_MAX_REQUEST_BYTES"),
+        **error(503, "Off: HERALD_SENDGRID_WEBHOOK_PUBLIC_KEY is not set"),
+    },
+)
 async def sendgrid_events(
     request: Request,
     settings: SettingsDep,
@@ -86,7 +155,16 @@ async def sendgrid_events(
     )
 
 
-@router.post(TWILIO_STATUS_PATH, status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    TWILIO_STATUS_PATH,
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=TWILIO_REQUEST,
+    responses={
+        **SIGNATURE,
+        **error(413, "Body over HERALD_MAX_REQUEST_BYTES"),
+        **error(503, "Off: HERALD_TWILIO_AUTH_TOKEN is not set"),
+    },
+)
 async def twilio_status(
     request: Request,
     settings: SettingsDep,

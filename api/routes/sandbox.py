@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel
 
 from api.deps import ReadSessionDep, SettingsDep, TenantDep
+from api.responses import error
 from core.deployment import sandbox_allowed
 from core.types import Channel
 from store.deliveries import list_sandbox_messages
@@ -25,7 +26,7 @@ router = APIRouter(
     prefix="/v1/sandbox",
     tags=["sandbox"],
     dependencies=[Depends(_sandbox_on)],
-    responses={404: {"description": "The sandbox is off (production)"}},
+    responses=error(404, "The sandbox is off (production without HERALD_SANDBOX=true)"),
 )
 
 

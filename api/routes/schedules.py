@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import schedules as s
 from api.deps import EngineDep, GatewayDep, SettingsDep, TenantDep, field_error
+from api.responses import error
 from api.routes.broadcasts import checked_audience, notification_template
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError
 from store.broadcasts import BroadcastCreate, BroadcastError, check_broadcast
@@ -35,7 +36,9 @@ router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
 KeyPath = Annotated[str, Path(pattern=s.SCHEDULE_KEY_PATTERN, max_length=128)]
 T = TypeVar("T")
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"description": "Temporal is unreachable"}}
+_UNAVAILABLE = error(503, "Temporal is unreachable; retry")
+# Every route but PUT names an existing schedule.
+_EXISTING = {**_UNAVAILABLE, **error(404, "No schedule with this key")}
 
 
 class Note(BaseModel):
@@ -89,11 +92,11 @@ async def put_schedule(
         return await _temporal(gateway, apply)
     except RPCError as exc:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            raise field_error(["body", given[0]], exc.message) from exc
+            raise field_error(["body", given[0]], exc.message, "invalid_schedule") from exc
         raise
 
 
-@router.get("/{key}", response_model=s.SchedulePublic, responses=_UNAVAILABLE)
+@router.get("/{key}", response_model=s.SchedulePublic, responses=_EXISTING)
 async def get_schedule(key: KeyPath, tenant: TenantDep, gateway: GatewayDep) -> s.SchedulePublic:
     async def read(client: Client) -> s.SchedulePublic:
         handle = client.get_schedule_handle(s.schedule_id(tenant, key))
@@ -106,7 +109,7 @@ async def get_schedule(key: KeyPath, tenant: TenantDep, gateway: GatewayDep) -> 
     "/{key}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_UNAVAILABLE,
+    responses=_EXISTING,
 )
 async def delete_schedule(key: KeyPath, tenant: TenantDep, gateway: GatewayDep) -> Response:
     """Stops future runs; a broadcast already running carries on (cancel it by its id)."""
@@ -118,7 +121,7 @@ async def delete_schedule(key: KeyPath, tenant: TenantDep, gateway: GatewayDep) 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{key}/trigger", response_model=s.SchedulePublic, responses=_UNAVAILABLE)
+@router.post("/{key}/trigger", response_model=s.SchedulePublic, responses=_EXISTING)
 async def trigger_schedule(
     key: KeyPath, tenant: TenantDep, gateway: GatewayDep
 ) -> s.SchedulePublic:
@@ -132,7 +135,7 @@ async def trigger_schedule(
     return await _temporal(gateway, trigger, key)
 
 
-@router.post("/{key}/pause", response_model=s.SchedulePublic, responses=_UNAVAILABLE)
+@router.post("/{key}/pause", response_model=s.SchedulePublic, responses=_EXISTING)
 async def pause_schedule(
     key: KeyPath,
     tenant: TenantDep,
@@ -150,7 +153,7 @@ async def pause_schedule(
     return await _temporal(gateway, pause, key)
 
 
-@router.post("/{key}/unpause", response_model=s.SchedulePublic, responses=_UNAVAILABLE)
+@router.post("/{key}/unpause", response_model=s.SchedulePublic, responses=_EXISTING)
 async def unpause_schedule(
     key: KeyPath,
     tenant: TenantDep,
@@ -202,4 +205,4 @@ def _check_broadcast(engine: Engine, tenant: str, body: BroadcastCreate) -> str:
         try:
             return check_broadcast(session, tenant, body, audience)[0].event_type
         except BroadcastError as exc:
-            raise field_error([*loc, *exc.field], str(exc)) from exc
+            raise field_error([*loc, *exc.field], str(exc), "not_found") from exc

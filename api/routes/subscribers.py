@@ -4,15 +4,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlmodel import Session
 
-from api.deps import EngineDep, GatewayDep, ReadSessionDep, SessionDep, TenantDep
+from api.deps import EngineDep, GatewayDep, ReadSessionDep, SessionDep, TenantDep, bearer
+from api.methods import names_a_sibling, other_than, segment
+from api.responses import error
 from dispatching.erasure import stop_workflows
 from store import subscribers as q
 from store import topics
 from store.erasure import ErasurePublic, erase_subscriber
 from store.models import (
+    RESERVED_SUBSCRIBER_IDS,
     SUBSCRIBER_ID_PATTERN,
     PreferencePublic,
     PreferenceUpdate,
@@ -22,12 +25,20 @@ from store.models import (
 from store.topics import BulkImportResult, SubscriberBulkIn
 
 router = APIRouter(prefix="/v1/subscribers", tags=["subscribers"])
-SubscriberId = Annotated[str, Path(pattern=SUBSCRIBER_ID_PATTERN, description="Your user id")]
-# The caller's key, for the erasure's audit record (TenantDep has already checked it).
-BearerDep = Annotated[
-    HTTPAuthorizationCredentials | None,
-    Depends(HTTPBearer(auto_error=False, description="Herald API key")),
+# Never "bulk": /v1/subscribers/bulk is the bulk import, not a subscriber.
+SubscriberId = Annotated[
+    str,
+    Path(
+        pattern=SUBSCRIBER_ID_PATTERN,
+        description="Your user id",
+        json_schema_extra=other_than(*RESERVED_SUBSCRIBER_IDS),
+    ),
 ]
+ONE = segment("subscriber_id", *RESERVED_SUBSCRIBER_IDS)
+NOT_A_SUBSCRIBER = names_a_sibling(*RESERVED_SUBSCRIBER_IDS)
+# The caller's key, for the erasure's audit record (TenantDep has already checked it).
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+NOT_FOUND = error(404, "No subscriber with this id")
 
 
 @router.post("/bulk", response_model=BulkImportResult)
@@ -41,7 +52,7 @@ def bulk_import(body: SubscriberBulkIn, session: SessionDep, tenant: TenantDep) 
     return BulkImportResult(created=created, updated=updated, invalid=invalid)
 
 
-@router.put("/{subscriber_id}", response_model=SubscriberPublic)
+@router.put(f"/{ONE}", response_model=SubscriberPublic, responses=NOT_A_SUBSCRIBER)
 def put_subscriber(
     subscriber_id: SubscriberId, body: SubscriberCreate, session: SessionDep, tenant: TenantDep
 ) -> SubscriberPublic:
@@ -50,7 +61,7 @@ def put_subscriber(
     return SubscriberPublic.model_validate(row, from_attributes=True)
 
 
-@router.get("/{subscriber_id}", response_model=SubscriberPublic)
+@router.get(f"/{ONE}", response_model=SubscriberPublic, responses={**NOT_FOUND, **NOT_A_SUBSCRIBER})
 def get_subscriber(
     subscriber_id: SubscriberId, session: ReadSessionDep, tenant: TenantDep
 ) -> SubscriberPublic:
@@ -61,10 +72,13 @@ def get_subscriber(
 
 
 @router.delete(
-    "/{subscriber_id}",
+    f"/{ONE}",
     response_model=ErasurePublic,
     summary="Erase a subscriber (GDPR)",
-    responses={404: {"description": "Herald holds nothing for this id (unknown or erased)"}},
+    responses={
+        **error(404, "Herald holds nothing for this id (unknown or erased)"),
+        **NOT_A_SUBSCRIBER,
+    },
 )
 async def erase(
     subscriber_id: SubscriberId,
@@ -95,7 +109,7 @@ async def erase(
     )
 
 
-@router.put("/{subscriber_id}/preferences", response_model=PreferencePublic)
+@router.put("/{subscriber_id}/preferences", response_model=PreferencePublic, responses=NOT_FOUND)
 def put_preferences(
     subscriber_id: SubscriberId, body: PreferenceUpdate, session: SessionDep, tenant: TenantDep
 ) -> PreferencePublic:
@@ -105,7 +119,7 @@ def put_preferences(
     return PreferencePublic.model_validate(row, from_attributes=True)
 
 
-@router.get("/{subscriber_id}/preferences", response_model=PreferencePublic)
+@router.get("/{subscriber_id}/preferences", response_model=PreferencePublic, responses=NOT_FOUND)
 def get_preferences(
     subscriber_id: SubscriberId, session: ReadSessionDep, tenant: TenantDep
 ) -> PreferencePublic:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
 from api.deps import ReadSessionDep, SessionDep, TenantDep
+from api.responses import error
 from core.audience import TOPIC_KEY_PATTERN
 from store import topics as q
 from store.models import SUBSCRIBER_ID_PATTERN
@@ -15,6 +16,7 @@ from store.topics import TopicCreate, TopicMembersAdded, TopicMembersIn, TopicPu
 router = APIRouter(prefix="/v1/topics", tags=["topics"])
 TopicKey = Annotated[str, Path(pattern=TOPIC_KEY_PATTERN)]
 SubscriberId = Annotated[str, Path(pattern=SUBSCRIBER_ID_PATTERN)]
+NOT_FOUND = error(404, "No topic with this key")
 
 
 @router.put("/{key}", response_model=TopicPublic)
@@ -30,7 +32,7 @@ def list_topics(session: ReadSessionDep, tenant: TenantDep) -> list[TopicPublic]
     return q.list_topics(session, tenant)
 
 
-@router.get("/{key}", response_model=TopicPublic)
+@router.get("/{key}", response_model=TopicPublic, responses=NOT_FOUND)
 def get_topic(key: TopicKey, session: ReadSessionDep, tenant: TenantDep) -> TopicPublic:
     found = q.get_topic(session, tenant, key)
     if found is None:
@@ -38,7 +40,7 @@ def get_topic(key: TopicKey, session: ReadSessionDep, tenant: TenantDep) -> Topi
     return found
 
 
-@router.post("/{key}/subscribers", response_model=TopicMembersAdded)
+@router.post("/{key}/subscribers", response_model=TopicMembersAdded, responses=NOT_FOUND)
 def add_subscribers(
     key: TopicKey, body: TopicMembersIn, session: SessionDep, tenant: TenantDep
 ) -> TopicMembersAdded:
@@ -65,7 +67,11 @@ def add_subscribers(
     return TopicMembersAdded(added=added, subscriber_count=q.member_count(session, tenant, key))
 
 
-@router.delete("/{key}/subscribers/{subscriber_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{key}/subscribers/{subscriber_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error(404, "The subscriber is not a member of the topic"),
+)
 def remove_subscriber(
     key: TopicKey, subscriber_id: SubscriberId, session: SessionDep, tenant: TenantDep
 ) -> Response:

@@ -15,11 +15,7 @@ from pydantic import BaseModel, Field
 from api.deps import SessionDep, SettingsDep, TenantDep
 from store import webhook_secrets as q
 
-router = APIRouter(
-    prefix="/v1/webhooks",
-    tags=["webhooks"],
-    responses={401: {"description": "Missing or invalid API key"}},
-)
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
 class WebhookSecretOut(BaseModel):
