@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel, col, or_, select
 
 from store.db import dialect_insert, table
-from store.models import NO_NUL, Tenant, UTCDateTime, _ts, utcnow
+from store.models import Tenant, UTCDateTime, _ts, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ KEY_CACHE_SECONDS = 10.0
 SEEDED_NAME = "HERALD_API_KEYS"
 # Tenant ids become broker routing-key words and URL parts: no dots, spaces or wildcards.
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+# Some character other than NUL and Unicode White_Space, spelled out: JSON Schema's ``\\s``
+# and Python's differ at the edges (U+001C..U+001F, U+FEFF).
+_BLANK = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NAME_PATTERN = rf"^[^\x00]*[^\x00{_BLANK}][^\x00]*$"
 
 RevokedReason = Literal["revoked", "unlisted"]
 
@@ -55,10 +60,8 @@ class ApiKeyRecord(SQLModel, table=True):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant: Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
-    name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_NUL),
-    ]
+    # Taken as given, so the document's length and pattern are exactly what is checked.
+    name: Annotated[str, StringConstraints(max_length=100, pattern=NAME_PATTERN)]
 
 
 class KeyPublic(BaseModel):

@@ -188,8 +188,10 @@ def fuzz(schema: Any) -> Run:
         if isinstance(event, events.ScenarioFinished | events.FuzzScenarioFinished):
             run.cases += len(event.recorder.cases)
             _record_failures(run, event.recorder)
-        elif isinstance(event, events.NonFatalError | events.FatalError):
-            run.errors.append(repr(event))
+        elif isinstance(event, events.NonFatalError):
+            run.errors.append(f"{event.label}: {event.info.format()}")
+        elif isinstance(event, events.FatalError):
+            run.errors.append(repr(event.exception))
     return run
 
 
@@ -248,7 +250,7 @@ async def test_the_openapi_document_holds_under_every_check(
         len(outbound.lookups),
     )
     report = "\n\n".join(f"{kind}\n  {example}" for kind, example in run.failures.items())
-    assert not run.errors, run.errors
+    assert not run.errors, "\n\n".join(run.errors)
     assert not run.failures, f"{len(run.failures)} kinds of failure:\n\n{report}"
     assert run.cases > 1000, run.cases  # the bound is per operation: all of them ran
     assert not outbound.connects, outbound.connects
