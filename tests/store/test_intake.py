@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -65,3 +68,30 @@ def test_a_subscriber_upserted_by_a_refused_event_is_unknown_to_the_next(engine:
     assert isinstance(results[0], UnknownSubscribersError)
     assert isinstance(results[1], UnknownSubscribersError)
     assert results[1].ids == [inline]
+
+
+def test_savepoints_only_when_an_event_is_refused(engine: Engine) -> None:
+    """A clean batch commits without a savepoint per event; a refusal redoes it with them."""
+    tenant, sub = unique("tenant"), unique("u")
+    with session_scope(engine) as s:
+        upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement.upper())
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        clean = accept_many(engine, tenant, [_request(None, sub, n) for n in range(5)])
+        assert all(isinstance(r, AcceptedEvent) for r in clean)
+        assert not [s for s in statements if s.startswith("SAVEPOINT")]
+        statements.clear()
+        mixed = accept_many(engine, tenant, [_request(None, sub, 10), _request(None, "nobody", 11)])
+        assert isinstance(mixed[0], AcceptedEvent)
+        assert isinstance(mixed[1], UnknownSubscribersError)
+        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    with read_scope(engine) as s:
+        stored = s.exec(select(Event).where(col(Event.tenant_id) == tenant)).all()
+    assert sorted(e.data["n"] for e in stored) == [0, 1, 2, 3, 4, 10]
