@@ -46,11 +46,11 @@ ITEMS_PER_LEVEL = int(os.environ.get("HERALD_BENCH_ITEMS", "300"))
 BURST_EVENTS = int(os.environ.get("HERALD_BENCH_BURST", "2000"))
 # How many POSTs the burst keeps in flight: a client with a connection pool of this size.
 BURST_CONCURRENCY = int(os.environ.get("HERALD_BENCH_BURST_CONCURRENCY", "16"))
-# Niceness of Temporal and the workers: on one shared host the API then gets the CPU first,
-# as it would on cores of its own. 0 (the default) shares the CPU evenly.
 # Herald's database: SQLite (the embedded default) unless this names a PostgreSQL server,
 # e.g. postgres@127.0.0.1:5432 (trust auth); a fresh database is made there and dropped.
 BENCH_POSTGRES = os.environ.get("HERALD_BENCH_POSTGRES", "")
+# Niceness of Temporal and the workers: on one shared host the API then gets the CPU first,
+# as it would on cores of its own. 0 (the default) shares the CPU evenly.
 BACKGROUND_NICE = int(os.environ.get("HERALD_BENCH_BACKGROUND_NICE", "0"))
 
 
