@@ -43,6 +43,13 @@ class TemporalGateway:
     def mark_reachable(self) -> None:
         self.last_error = None
 
+    def outage(self, exc: RPCError) -> bool:
+        """Whether the RPC failed because Temporal is out of reach (then marked so)."""
+        if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return False
+        self.mark_unreachable(exc)
+        return True
+
     async def client(self) -> Client:
         if self._client is not None:
             return self._client

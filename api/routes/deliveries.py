@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.deps import (
     EngineDep,
@@ -214,9 +214,8 @@ async def _retry(
     except TemporalUnavailableError as exc:
         raise temporal_unavailable(f"Temporal is unreachable: {exc}") from exc
     except RPCError as exc:
-        if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        if not gateway.outage(exc):
             raise
-        gateway.mark_unreachable(exc)
         raise temporal_unavailable(f"Temporal is unreachable: {exc.message}") from exc
 
 

@@ -181,8 +181,7 @@ async def _temporal(
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND and key is not None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"schedule {key!r} not found") from exc
-        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            gateway.mark_unreachable(exc)
+        if gateway.outage(exc):
             raise _unavailable() from exc
         raise
 
