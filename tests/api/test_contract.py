@@ -70,3 +70,24 @@ async def test_a_405_names_every_method_of_the_path(api_only: Herald) -> None:
     response = await api_only.http.patch("/v1/subscribers/ada", json={})
     assert response.status_code == 405, response.text
     assert {"GET", "PUT", "DELETE"} <= set(response.headers["allow"].split(", "))
+
+
+async def test_a_retry_while_temporal_is_unreachable_is_a_503(
+    herald_factory: HeraldFactory, unused_tcp_port: int
+) -> None:
+    herald = await herald_factory(
+        temporal_address=f"127.0.0.1:{unused_tcp_port}",  # nothing listens there
+        temporal_connect_timeout_seconds=1,
+        api_connects_itself=True,
+    )
+    assert (await herald.http.put("/v1/subscribers/ada", json={})).status_code == 200
+    flow = {"event_type": "t.down", "steps": [{"channel": "webhook", "url": "http://127.0.0.1/"}]}
+    assert (await herald.http.put("/v1/flows/down", json=flow)).status_code == 200
+    event = await herald.http.post("/v1/events", json={"type": "t.down", "to": ["ada"]})
+    assert event.status_code in (202, 503), event.text  # stored either way, for the sweep
+    body = event.json()
+    event_id = body["id"] if event.status_code == 202 else body["detail"]["event_id"]
+    (notification,) = (await herald.http.get(f"/v1/events/{event_id}")).json()["notifications"]
+    response = await herald.http.post(f"/v1/notifications/{notification['id']}/retry")
+    assert response.status_code == 503, response.text  # was a 500
+    assert "unreachable" in response.text
