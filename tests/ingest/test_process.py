@@ -17,7 +17,8 @@ from tests.ingest.conftest import Consumers, Rabbit, events_by_key, output, unti
 from workflows.runtime import ALL_QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
-EVENTS = 200
+# Enough that a SIGTERM after "50 more stored" still lands mid-stream on a fast consumer.
+EVENTS = 400
 STOPPED = re.compile(r"stopped: (\d+) accepted, (\d+) redelivered duplicates")
 
 
