@@ -18,7 +18,7 @@ from workflows.runtime import ALL_QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 # Enough that a SIGTERM after "50 more stored" still lands mid-stream on a fast consumer.
-EVENTS = 400
+EVENTS = 300
 STOPPED = re.compile(r"stopped: (\d+) accepted, (\d+) redelivered duplicates")
 
 
@@ -46,6 +46,9 @@ async def test_sigkill_mid_stream_then_sigterm_lose_nothing_and_send_once(
         return len(events_by_key(herald.engine, herald.tenant))
 
     first, _ = await consumers.start()
+    # Paused while the stream is published: a consumer as fast as the publisher would
+    # otherwise take all of it before the kill, and the test would prove nothing.
+    os.killpg(first.pid, signal.SIGSTOP)
     body = {"type": "order.placed", "to": [sub]}
     await rabbit.publish_many(
         [
@@ -53,6 +56,7 @@ async def test_sigkill_mid_stream_then_sigterm_lose_nothing_and_send_once(
             for n in range(EVENTS)
         ]
     )
+    os.killpg(first.pid, signal.SIGCONT)
     await until(lambda: stored() >= 30, 30, "the first events")
     os.killpg(first.pid, signal.SIGKILL)  # mid-stream: messages held, some committed, unacked
     first.wait(10)
