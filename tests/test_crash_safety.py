@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from tests.fakes.provider import FakeProvider
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS = 300
-RUN_SUBJECT = re.compile(r"n\d+")
 IN_FLIGHT = 16  # per queue in the worker: the most a kill can leave unreported
 
 
@@ -102,16 +100,20 @@ async def cluster(
         c.stop_all()
 
 
-def delivered(provider: FakeProvider) -> Counter[str]:
-    return Counter(r.json["subject"] for r in provider.requests("sendgrid") if r.status == 202)
+def delivered(provider: FakeProvider, run: str) -> Counter[str]:
+    """This run's sends by subject: the provider is the session's, and the shared database's
+    outbox sweep may deliver another test's leftovers through this cluster too."""
+    subjects = (r.json["subject"] for r in provider.requests("sendgrid") if r.status == 202)
+    return Counter(s.removeprefix(run) for s in subjects if s.startswith(run))
 
 
-async def publish_run(http: httpx.AsyncClient) -> None:
-    sub = unique("u")
+async def publish_run(http: httpx.AsyncClient) -> str:
+    """Publish ``EVENTS`` events; returns the prefix of their subjects."""
+    run, sub = unique("run") + " ", unique("u")
     assert (await http.put(f"/v1/subscribers/{sub}", json={"email": "k@example.com"})).is_success
     flow = {
         "event_type": "crash.test",
-        "steps": [{"channel": "email", "subject": "n{{ data.n }}", "text": "x"}],
+        "steps": [{"channel": "email", "subject": run + "n{{ data.n }}", "text": "x"}],
     }
     assert (await http.put("/v1/flows/crash", json=flow)).is_success
     for n in range(EVENTS):
@@ -119,17 +121,18 @@ async def publish_run(http: httpx.AsyncClient) -> None:
             "/v1/events", json={"type": "crash.test", "to": [sub], "data": {"n": n}}
         )
         assert r.status_code == 202, r.text
+    return run
 
 
-async def until_delivered(provider: FakeProvider, count: int, within: float) -> None:
+async def until_delivered(provider: FakeProvider, run: str, count: int, within: float) -> None:
     for _ in range(int(within * 20)):
-        if len(delivered(provider)) >= count:
+        if len(delivered(provider, run)) >= count:
             return
         await asyncio.sleep(0.05)
 
 
-def report(provider: FakeProvider, what: str, at: int) -> tuple[list[str], int]:
-    counts = delivered(provider)
+def report(provider: FakeProvider, run: str, what: str, at: int) -> tuple[list[str], int]:
+    counts = delivered(provider, run)
     lost = sorted({f"n{n}" for n in range(EVENTS)} - set(counts))
     duplicates = sum(v - 1 for v in counts.values())
     sys.stderr.write(f"{what} after {at}/{EVENTS}: lost {len(lost)}, duplicates {duplicates}\n")
@@ -141,15 +144,15 @@ async def test_worker_sigkill_mid_run_loses_nothing(
 ) -> None:
     c, http = cluster
     worker = c.start_worker()
-    await publish_run(http)
-    await until_delivered(fresh_provider, EVENTS // 3, within=30)
+    run = await publish_run(http)
+    await until_delivered(fresh_provider, run, EVENTS // 3, within=30)
     os.killpg(worker.pid, signal.SIGKILL)  # mid-run, with activities in flight
     worker.wait(10)
-    killed_at = len(delivered(fresh_provider))
+    killed_at = len(delivered(fresh_provider, run))
     assert killed_at < EVENTS, "the run finished before the kill; nothing was proven"
     c.start_worker()
-    await until_delivered(fresh_provider, EVENTS, within=120)
-    lost, duplicates = report(fresh_provider, "worker SIGKILL", killed_at)
+    await until_delivered(fresh_provider, run, EVENTS, within=120)
+    lost, duplicates = report(fresh_provider, run, "worker SIGKILL", killed_at)
     assert lost == []
     # A send whose result the killed worker never recorded may go out again: counted and
     # reported, and bounded by what was in flight.
@@ -161,34 +164,37 @@ async def test_temporal_restart_mid_run_loses_nothing(
 ) -> None:
     c, http = cluster
     c.start_worker()
-    await publish_run(http)
-    await until_delivered(fresh_provider, EVENTS // 3, within=30)
+    run = await publish_run(http)
+    await until_delivered(fresh_provider, run, EVENTS // 3, within=30)
     server = c.procs[0]
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(30)
-    restarted_at = len(delivered(fresh_provider))
+    restarted_at = len(delivered(fresh_provider, run))
     assert restarted_at < EVENTS, "the run finished before the restart; nothing was proven"
     c.start_temporal()  # same SQLite file, same port
     await wait_port(c.port)
-    await until_delivered(fresh_provider, EVENTS, within=180)
-    lost, duplicates = report(fresh_provider, "Temporal restart", restarted_at)
+    await until_delivered(fresh_provider, run, EVENTS, within=180)
+    lost, duplicates = report(fresh_provider, run, "Temporal restart", restarted_at)
     assert lost == []
     assert duplicates <= IN_FLIGHT
 
 
-def personalized(provider: FakeProvider) -> Counter[str]:
-    """Recipients of a broadcast's batch requests (one personalization each), by subject."""
+def personalized(provider: FakeProvider, prefix: str) -> Counter[str]:
+    """This broadcast's recipients (one personalization each), by subject."""
     return Counter(
         p["subject"]
         for r in provider.requests("sendgrid")
         if r.status == 202
         for p in r.json["personalizations"]
+        if p["subject"].startswith(prefix)
     )
 
 
-async def until_personalized(provider: FakeProvider, count: int, within: float) -> None:
+async def until_personalized(
+    provider: FakeProvider, prefix: str, count: int, within: float
+) -> None:
     for _ in range(int(within * 20)):
-        if len(personalized(provider)) >= count:
+        if len(personalized(provider, prefix)) >= count:
             return
         await asyncio.sleep(0.05)
 
@@ -212,15 +218,15 @@ async def test_worker_sigkill_mid_broadcast_skips_nobody(
     r = await http.post("/v1/broadcasts", json=body)
     assert r.status_code == 202, r.text
 
-    await until_personalized(fresh_provider, EVENTS // 3, within=60)
+    await until_personalized(fresh_provider, prefix, EVENTS // 3, within=60)
     os.killpg(worker.pid, signal.SIGKILL)  # mid-broadcast: a batch or its sends in flight
     worker.wait(10)
-    killed_at = len(personalized(fresh_provider))
+    killed_at = len(personalized(fresh_provider, prefix))
     assert killed_at < EVENTS, "the broadcast finished before the kill; nothing was proven"
     c.start_worker()
-    await until_personalized(fresh_provider, EVENTS, within=180)
+    await until_personalized(fresh_provider, prefix, EVENTS, within=180)
 
-    counts = personalized(fresh_provider)
+    counts = personalized(fresh_provider, prefix)
     lost = sorted(set(ids) - set(counts))
     duplicates = sum(v - 1 for v in counts.values())
     sys.stderr.write(f"broadcast SIGKILL after {killed_at}: lost {len(lost)}, dup {duplicates}\n")
