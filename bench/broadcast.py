@@ -12,7 +12,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio.api.enums.v1 import EventType
 
-from bench.run import say, spawn
+from bench.run import WORKERS, say, spawn, worker_commands
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -117,7 +116,7 @@ async def run(bench: Bench) -> None:
     await _setup(bench)
     out["import"] = await _import(bench)
     out["split"] = SPLIT
-    if SPLIT:
+    if SPLIT and WORKERS == 1:  # HERALD_BENCH_WORKERS=2 started them apart already
         out["one_process"] = await _broadcast(bench, inbox, "one", TOPIC, "bench-bcast", N)
         out["one_process_rss_mb"] = _rss(bench)
         bench.fake.reset()  # the fake keeps every body; drop them between runs
@@ -146,16 +145,7 @@ def _rss(bench: Bench) -> dict[str, float]:
 
 async def _start_workers(bench: Bench, generation: str) -> None:
     """The worker processes, started and serving: workflows and channels apart when SPLIT."""
-    from workflows.runtime import ALL_QUEUES
-
-    worker = [sys.executable, "worker.py"]
-    cmds = {"worker": worker}
-    if SPLIT:  # as docker-compose.yml runs them: workflows apart from the channels
-        channels = ",".join(q for q in ALL_QUEUES if q != "workflows")
-        cmds = {
-            "worker": [*worker, "--queues", "workflows"],
-            "worker-channels": [*worker, "--queues", channels],
-        }
+    cmds = worker_commands(2 if SPLIT else 1)
     for name, cmd in cmds.items():
         bench.procs[name] = spawn(name + generation, cmd, bench.env, bench.work)
     deadline = time.monotonic() + 60

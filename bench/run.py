@@ -52,6 +52,9 @@ BENCH_POSTGRES = os.environ.get("HERALD_BENCH_POSTGRES", "")
 # Niceness of Temporal and the workers: on one shared host the API then gets the CPU first,
 # as it would on cores of its own. 0 (the default) shares the CPU evenly.
 BACKGROUND_NICE = int(os.environ.get("HERALD_BENCH_BACKGROUND_NICE", "0"))
+# Herald's worker processes: 1 serves every queue (as `make run`); 2 puts the workflows queue
+# and the channel queues in processes of their own (as docker-compose.yml).
+WORKERS = int(os.environ.get("HERALD_BENCH_WORKERS", "1"))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -116,6 +119,20 @@ def api_command(port: int) -> list[str]:
     """Herald's API under uvicorn on ``port``; the environment names its database."""
     args = "-m uvicorn --factory api.main:create_app --host 127.0.0.1 --no-access-log"
     return [sys.executable, *args.split(), "--port", str(port), "--log-level", "warning"]
+
+
+def worker_commands(processes: int = WORKERS) -> dict[str, list[str]]:
+    """Herald's worker processes by name: one for every queue, or workflows and channels apart."""
+    from workflows.runtime import ALL_QUEUES
+
+    worker = [sys.executable, "worker.py"]
+    if processes == 1:
+        return {"worker": worker}
+    channels = ",".join(q for q in ALL_QUEUES if q != "workflows")
+    return {
+        "worker": [*worker, "--queues", "workflows"],
+        "worker-channels": [*worker, "--queues", channels],
+    }
 
 
 class Deliveries:
@@ -262,15 +279,12 @@ class Bench:
             background=True,
         )
         self.metrics = {"api": f"http://127.0.0.1:{aport}/metrics"}
-        mport = free_port()
-        self.metrics["worker"] = f"http://127.0.0.1:{mport}/metrics"
-        self.procs["worker"] = spawn(
-            "worker",
-            [sys.executable, "worker.py"],
-            {**env, "HERALD_WORKER_METRICS_PORT": str(mport)},
-            self.work,
-            background=True,
-        )
+        for name, cmd in worker_commands().items():
+            mport = free_port()
+            self.metrics[name] = f"http://127.0.0.1:{mport}/metrics"
+            self.procs[name] = spawn(
+                name, cmd, {**env, "HERALD_WORKER_METRICS_PORT": str(mport)}, self.work, True
+            )
         self.env = env
         self.procs["api"] = spawn("api", api_command(aport), env, self.work)
         await wait_port(aport, alive=self.procs["api"].alive, name="api")
@@ -436,7 +450,9 @@ class Bench:
 
     def memory(self) -> None:
         self.results["memory"] = {
-            "worker_peak_rss_mb": round(self.procs["worker"].peak_rss_mb(), 1),
+            "worker_peak_rss_mb": max(
+                round(self.procs[name].peak_rss_mb(), 1) for name in worker_commands()
+            ),
             "api_peak_rss_mb": round(self.procs["api"].peak_rss_mb(), 1),
         }
 
@@ -646,6 +662,7 @@ async def _main() -> int:
     r["items_per_level"] = ITEMS_PER_LEVEL
     r["herald_database"] = "postgresql" if BENCH_POSTGRES else "sqlite"
     r["background_nice"] = BACKGROUND_NICE
+    r["worker_processes"] = WORKERS
     r["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.write_text(json.dumps(r, indent=2, default=str))
     say(table(r))
