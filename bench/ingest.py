@@ -32,6 +32,8 @@ TENANT = "bench"  # the bench's API key's tenant
 TIMEOUT = float(os.environ.get("HERALD_BENCH_INGEST_TIMEOUT", "900"))
 # bench.email (the email flow); a type with no flow measures the accept path alone.
 EVENT_TYPE = os.environ.get("HERALD_BENCH_INGEST_TYPE", "bench.email")
+# The consumer's HERALD_BROKER_PREFETCH; unset keeps Herald's default.
+PREFETCH = os.environ.get("HERALD_BENCH_INGEST_PREFETCH", "")
 
 
 async def run(bench: Bench) -> None:
@@ -41,6 +43,7 @@ async def run(bench: Bench) -> None:
         "HERALD_BROKER_URL": RABBITMQ_URL,
         "HERALD_BROKER_TENANTS": TENANT,
         "HERALD_BROKER_PREFIX": prefix,
+        **({"HERALD_BROKER_PREFETCH": PREFETCH} if PREFETCH else {}),
     }
     proc = spawn("ingest", [sys.executable, "-m", "ingest"], env, bench.work)
     bench.procs["ingest"] = proc
