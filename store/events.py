@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -25,7 +25,14 @@ from core.types import (
 )
 from store.db import session_scope, table
 from store.deliveries import FINAL
-from store.fanout import NotificationRef, PlannedNotification, fan_out, snapshot
+from store.fanout import (
+    NotificationRef,
+    PendingRows,
+    PlannedNotification,
+    fan_out,
+    snapshot,
+    write_rows,
+)
 from store.flows import exiting_flows, flows_for_event
 from store.models import (
     Delivery,
@@ -162,6 +169,7 @@ def _insert(
     request_fingerprint: str,
     cancellation_key: str | None = None,
     lookups: Lookups | None = None,
+    pending: PendingRows | None = None,
 ) -> AcceptedEvent:
     lookups = lookups or Lookups()
     for r in recipients:
@@ -189,23 +197,29 @@ def _insert(
     )
     # A Core insert, not ``session.add``: the ORM's flush of one row cost more than the row.
     # The idempotency constraint fires here, before any fan-out.
-    session.execute(insert(_EVENTS), [{c: getattr(event, c) for c in _EVENT_COLUMNS}])
+    write_rows(session, _EVENTS, [{c: getattr(event, c) for c in _EVENT_COLUMNS}], pending)
     accepted = AcceptedEvent(event=event)
     flows = lookups.flows_for(session, tenant_id, type)
     for flow in flows:  # refused now, rather than by Temporal at every outbox sweep
         check_workflow_input(flow.key, snapshot(flow))
-    accepted.exited = _exit_running(session, event, ids, lookups)
-    accepted.notifications = fan_out(session, event, flows, ids)
+    accepted.exited = _exit_running(session, event, ids, lookups, pending)
+    accepted.notifications = fan_out(session, event, flows, ids, pending=pending)
     return accepted
 
 
 def _exit_running(
-    session: Session, event: Event, subscriber_ids: list[str], lookups: Lookups
+    session: Session,
+    event: Event,
+    subscriber_ids: list[str],
+    lookups: Lookups,
+    pending: PendingRows | None = None,
 ) -> list[str]:
     """Stop the recipients' running notifications of flows that exit on this event type."""
     keys = lookups.exits_for(session, event.tenant_id, event.type)
     if not keys:
         return []
+    if pending is not None:
+        pending.flush(session)  # a notification of this batch may be one to stop
     stopped = stop_notifications(
         session,
         exit_reason(event),

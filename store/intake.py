@@ -29,6 +29,7 @@ from store.events import (
     counted,
     used_keys,
 )
+from store.fanout import PendingRows
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def accept_many(
     A key another process stored while this transaction ran is read back after the
     commit, as ``accept_event`` does. A database that is down raises for the whole batch.
     The batch is first tried without savepoints (they cost about a twentieth of the
-    consumer's CPU); the first refusal rolls it back and it is redone with one per event.
+    consumer's CPU) and with its rows written together at the end; the first refusal rolls
+    it back and it is redone with a savepoint and immediate writes per event.
     """
     try:
         results = _accept_batch(engine, tenant_id, requests, isolate=False)
@@ -92,12 +94,15 @@ def _accept_batch(
     results: list[AcceptedEvent | Exception | None] = []
     with session_scope(engine) as session:
         lookups = Lookups()
+        pending = None if isolate else PendingRows()
         used = used_keys(
             session, tenant_id, [r.idempotency_key for r in requests if r.idempotency_key]
         )
         for r in requests:
             try:
                 with session.begin_nested() if isolate else nullcontext():
+                    if pending is not None and r.idempotency_key in used:
+                        pending.flush(session)  # the key may be an earlier event's of the batch
                     prior = (
                         _load_by_key(session, tenant_id, r.idempotency_key, r.request_fingerprint)
                         if r.idempotency_key in used
@@ -116,6 +121,7 @@ def _accept_batch(
                             r.request_fingerprint,
                             r.cancellation_key,
                             lookups,
+                            pending,
                         )
                     )
                     if r.idempotency_key:
@@ -141,4 +147,11 @@ def _accept_batch(
                     raise _Refused from exc
                 lookups.known.clear()
                 results.append(exc)  # this event's values (e.g. too long for a column)
+        if pending is not None:
+            try:
+                pending.flush(session)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError):
+                raise
+            except sa_exc.SQLAlchemyError as exc:
+                raise _Refused from exc  # one event's rows: find which, with savepoints
     return results

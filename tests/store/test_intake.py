@@ -10,10 +10,13 @@ from sqlmodel import col, select
 
 from store.db import read_scope, session_scope
 from store.events import AcceptedEvent, RecipientSpec, UnknownSubscribersError
+from store.flows import put_flow
 from store.intake import AcceptRequest, accept_many
-from store.models import Event
+from store.models import Event, Notification
 from store.subscribers import upsert_subscriber
 from tests.conftest import unique
+
+SMS = {"channel": "sms", "text": "x"}
 
 
 def _request(key: str | None, sub: str, n: int = 0) -> AcceptRequest:
@@ -95,3 +98,60 @@ def test_savepoints_only_when_an_event_is_refused(engine: Engine) -> None:
     with read_scope(engine) as s:
         stored = s.exec(select(Event).where(col(Event.tenant_id) == tenant)).all()
     assert sorted(e.data["n"] for e in stored) == [0, 1, 2, 3, 4, 10]
+
+
+def test_a_clean_batch_writes_each_table_once(engine: Engine) -> None:
+    """Rows of a clean batch go out together: one INSERT per table, not one per event."""
+    tenant, sub = unique("tenant"), unique("u")
+    with session_scope(engine) as s:
+        upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
+        put_flow(s, tenant, "receipt", {"event_type": "order.placed", "steps": [SMS]})
+    inserts: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.upper().startswith("INSERT"):
+            inserts.append(statement.split("(")[0].split()[-1].strip('"'))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        results = accept_many(engine, tenant, [_request(None, sub, n) for n in range(6)])
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert all(isinstance(r, AcceptedEvent) and len(r.notifications) == 1 for r in results)
+    assert sorted(inserts) == sorted(["events", "notifications", "deliveries", "delivery_events"])
+    with read_scope(engine) as s:
+        stored = s.exec(select(Notification).where(col(Notification.tenant_id) == tenant)).all()
+    assert len(stored) == 6
+
+
+def test_a_batch_sees_its_own_notifications_for_throttles_and_exits(engine: Engine) -> None:
+    """Written at the end, yet counted by a later event's throttle and stopped by its exit."""
+    tenant, sub = unique("tenant"), unique("u")
+    throttle = {"limit": 1, "period": "PT1H"}
+    with session_scope(engine) as s:
+        upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
+        put_flow(
+            s, tenant, "once", {"event_type": "order.placed", "steps": [SMS], "throttle": throttle}
+        )
+        put_flow(
+            s,
+            tenant,
+            "drip",
+            {"event_type": "user.signup", "steps": [SMS], "exit_on": ["order.placed"]},
+        )
+    signup = AcceptRequest(
+        type="user.signup",
+        data={},
+        actor=None,
+        recipients=[RecipientSpec(sub)],
+        idempotency_key=None,
+        request_fingerprint="fp-signup",
+    )
+    results = accept_many(engine, tenant, [signup, _request(None, sub, 1), _request(None, sub, 2)])
+    joined, first, second = results
+    assert isinstance(joined, AcceptedEvent) and isinstance(first, AcceptedEvent)
+    assert isinstance(second, AcceptedEvent)
+    drip = joined.notifications[0].notification.workflow_id
+    assert first.exited == [drip]  # the drip this batch started is stopped by the order
+    assert first.notifications[0].runs
+    assert not second.notifications[0].runs  # the first order's notification took the slot
