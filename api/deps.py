@@ -22,6 +22,7 @@ from dispatching.outbox import Dispatcher
 from dispatching.temporal import TemporalGateway
 from store.api_keys import KEY_CACHE_SECONDS, active_key, hash_key, touch_key
 from store.db import read_scope, session_scope
+from store.group_commit import GroupCommit
 from store.models import NO_NUL
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+def get_commits(request: Request) -> GroupCommit:
+    return request.app.state.commits
+
+
 def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
     with session_scope(engine) as session:
         yield session
@@ -161,6 +166,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GatewayDep = Annotated[TemporalGateway, Depends(get_gateway)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+CommitsDep = Annotated[GroupCommit, Depends(get_commits)]
 
 
 def field_error(loc: list[str | int], msg: str, type_: str = "value_error") -> HTTPException:

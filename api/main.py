@@ -52,6 +52,7 @@ from ingest.app import asyncapi_schema
 from store.api_keys import seed_api_keys
 from store.db import make_engine, read_scope, session_scope
 from store.deliveries import dead_letters_waiting
+from store.group_commit import GroupCommit
 from store.models import utcnow
 from store.schema import require_current
 from store.webhook_secrets import seed_secrets
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         app.state.engine = engine
         app.state.temporal = gateway
         app.state.dispatcher = dispatcher
+        app.state.commits = GroupCommit(engine)  # concurrent POST /v1/events share a commit
         app.state.recorder = recorder
         app.state.key_auth = KeyAuthenticator(engine)
         app.state.rate_limiter = TenantRateLimiter.from_settings(settings)

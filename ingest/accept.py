@@ -32,7 +32,8 @@ from core.limits import WorkflowInputTooLargeError, env_name, limits
 from dispatching.outbox import Dispatcher, in_thread
 from store import events as q
 from store.db import read_scope
-from store.intake import AcceptRequest, accept_many
+from store.group_commit import GroupCommit
+from store.intake import AcceptRequest
 from store.models import EventCreate
 from store.schema import require_current
 from store.tenants import unknown_tenants
@@ -146,48 +147,6 @@ def parse(incoming: Incoming) -> tuple[EventCreate, str]:
     if len(key) > MAX_KEY_LENGTH:
         raise DeadLetterError(f"message id longer than {MAX_KEY_LENGTH} characters")
     return body, key
-
-
-class GroupCommit:
-    """Messages in flight share a transaction (``store.intake``): while one batch commits,
-    the next gathers, so the batch size follows the load with no timer."""
-
-    def __init__(self, engine: Engine, max_batch: int = 200) -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self._waiting: list[tuple[str, AcceptRequest, asyncio.Future[q.AcceptedEvent]]] = []
-        self._drainer: asyncio.Task[None] | None = None
-
-    async def accept(self, tenant: str, request: AcceptRequest) -> q.AcceptedEvent:
-        future: asyncio.Future[q.AcceptedEvent] = asyncio.get_running_loop().create_future()
-        self._waiting.append((tenant, request, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-            by_tenant: dict[str, list[tuple[AcceptRequest, asyncio.Future[q.AcceptedEvent]]]] = {}
-            for tenant, request, future in batch:
-                by_tenant.setdefault(tenant, []).append((request, future))
-            for tenant, items in by_tenant.items():
-                try:
-                    results = await in_thread(
-                        accept_many, self.engine, tenant, [r for r, _ in items]
-                    )
-                except Exception as exc:  # the database is down: every message of it waits
-                    for _, future in items:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(items, results, strict=True):
-                    if future.done():
-                        continue  # its message was given up on (a cancelled handler)
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
 
 
 class Ingestor:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
 from api.deps import (
+    CommitsDep,
     DispatcherDep,
     EngineDep,
     GatewayDep,
@@ -29,6 +30,7 @@ from store import events as q
 from store.db import read_scope
 from store.deliveries import clicks_for
 from store.flows import get_flow
+from store.intake import AcceptRequest
 from store.models import (
     NO_NUL,
     DeliveryPublic,
@@ -64,7 +66,7 @@ REPLAY_UNAVAILABLE = error(503, "Stored, but Temporal is unreachable; repeat wit
 async def publish_event(
     body: EventCreate,
     tenant: TenantDep,
-    engine: EngineDep,
+    commits: CommitsDep,
     settings: SettingsDep,
     gateway: GatewayDep,
     dispatcher: DispatcherDep,
@@ -82,18 +84,19 @@ async def publish_event(
     key = idempotency_key or body.idempotency_key
     recipients = q.recipient_specs(body)
     try:
-        accepted = await run_in_threadpool(
-            q.accept_event,
-            engine,
+        # Concurrent requests share a transaction: under a burst, one commit for many.
+        accepted = await commits.accept(
             tenant,
-            type=body.type,
-            data=body.data,
-            actor=body.actor,
-            recipients=recipients,
-            idempotency_key=key,
-            cancellation_key=body.cancellation_key,
-            request_fingerprint=q.fingerprint(
-                body.model_dump(mode="json", exclude={"idempotency_key"})
+            AcceptRequest(
+                type=body.type,
+                data=body.data,
+                actor=body.actor,
+                recipients=recipients,
+                idempotency_key=key,
+                cancellation_key=body.cancellation_key,
+                request_fingerprint=q.fingerprint(
+                    body.model_dump(mode="json", exclude={"idempotency_key"})
+                ),
             ),
         )
     except q.UnknownSubscribersError as exc:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import event, func
 from sqlmodel import Session, select
 
 from store.models import Event, Notification
@@ -204,3 +205,42 @@ async def test_preferences_are_read_when_the_step_runs_not_at_publish(
     assert delivery["status"] == "skipped"
     assert "flow 'news'" in delivery["reason"]
     assert fresh_provider.requests("sendgrid") == []
+
+
+async def test_concurrent_posts_share_a_commit_and_each_gets_its_own_answer(
+    herald: Herald,
+) -> None:
+    """A burst is stored a batch at a time (one INSERT of events for many), yet each request
+    is answered as if alone: a repeated key is the first event, an unknown recipient a 422."""
+    sub = unique("u")
+    await herald.put_subscriber(sub, email="a@example.com")
+    await herald.put_flow("burst", event_type="burst.test", steps=[SMS_STEP])
+    inserts: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.upper().startswith("INSERT INTO EVENTS"):
+            inserts.append(statement)
+
+    def post(to: str, key: str) -> Any:
+        body = {"type": "burst.test", "to": [to], "data": {"code": key}}
+        return herald.http.post("/v1/events", json=body, headers={"Idempotency-Key": key})
+
+    keys = [unique("k") for _ in range(12)]
+    engine = herald.app.state.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        answers = await asyncio.gather(
+            *(post(sub, k) for k in keys), post(sub, keys[0]), post("nobody", unique("k"))
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    *fresh, repeated, unknown = answers
+    assert [a.status_code for a in fresh[1:]] == [202] * 11, [a.text for a in fresh]
+    # The same key twice at once: whichever came first stored it, the other gets it back.
+    assert sorted([fresh[0].status_code, repeated.status_code]) == [200, 202]
+    assert repeated.json()["id"] == fresh[0].json()["id"]
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "to", 0]
+    assert len({a.json()["id"] for a in fresh}) == 12
+    assert count(herald, Event, type="burst.test") == 12
+    assert count(herald, Notification, flow_key="burst") == 12
+    assert len(inserts) < 12  # shared: one per transaction, not one per event
