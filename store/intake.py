@@ -1,4 +1,4 @@
-"""Many events in one transaction: the broker consumer's group commit.
+"""Many events in one transaction: the group commit of the broker consumer and of the API.
 
 SQLite takes one write at a time, so a transaction per message made the consumer queue
 on the write lock (about 3 ms each, whatever the concurrency). Each event still gets a
