@@ -196,7 +196,8 @@ def _insert(
         cancellation_key=cancellation_key,
     )
     # A Core insert, not ``session.add``: the ORM's flush of one row cost more than the row.
-    # The idempotency constraint fires here, before any fan-out.
+    # The idempotency constraint fires here, before any fan-out (in a group commit, when
+    # the batch's rows are written; a violation redoes the batch an event at a time).
     write_rows(session, _EVENTS, [{c: getattr(event, c) for c in _EVENT_COLUMNS}], pending)
     accepted = AcceptedEvent(event=event)
     flows = lookups.flows_for(session, tenant_id, type)
