@@ -301,6 +301,16 @@ async def herald(herald_factory: HeraldFactory) -> Herald:
 
 
 @pytest.fixture
+async def herald_without_temporal(herald_factory: HeraldFactory, unused_tcp_port: int) -> Herald:
+    """An API whose Temporal address is a loopback port where nothing listens."""
+    return await herald_factory(
+        temporal_address=f"127.0.0.1:{unused_tcp_port}",
+        temporal_connect_timeout_seconds=1,
+        api_connects_itself=True,
+    )
+
+
+@pytest.fixture
 async def sandbox_herald(herald_factory: HeraldFactory) -> Herald:
     """Herald with no provider configured: email, SMS and push go to the sandbox."""
     return await herald_factory(fake_providers=False)

@@ -73,13 +73,9 @@ async def test_a_405_names_every_method_of_the_path(api_only: Herald) -> None:
 
 
 async def test_a_retry_while_temporal_is_unreachable_is_a_503(
-    herald_factory: HeraldFactory, unused_tcp_port: int
+    herald_without_temporal: Herald,
 ) -> None:
-    herald = await herald_factory(
-        temporal_address=f"127.0.0.1:{unused_tcp_port}",  # nothing listens there
-        temporal_connect_timeout_seconds=1,
-        api_connects_itself=True,
-    )
+    herald = herald_without_temporal
     assert (await herald.http.put("/v1/subscribers/ada", json={})).status_code == 200
     flow = {"event_type": "t.down", "steps": [{"channel": "webhook", "url": "http://127.0.0.1/"}]}
     assert (await herald.http.put("/v1/flows/down", json=flow)).status_code == 200

@@ -284,14 +284,8 @@ async def test_bad_bodies_name_the_field(herald: Herald) -> None:
     assert (await herald.http.get(f"/v1/schedules/{key}")).status_code == 404
 
 
-async def test_temporal_unreachable_is_503(
-    herald_factory: HeraldFactory, unused_tcp_port: int
-) -> None:
-    herald = await herald_factory(
-        temporal_address=f"127.0.0.1:{unused_tcp_port}",  # nothing listens there
-        temporal_connect_timeout_seconds=1,
-        api_connects_itself=True,
-    )
+async def test_temporal_unreachable_is_503(herald_without_temporal: Herald) -> None:
+    herald = herald_without_temporal
     await _setup(herald, members=1)
     key = unique("down")
     assert (
