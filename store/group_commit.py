@@ -41,7 +41,7 @@ class GroupCommit:
                 requests = [r for r, _ in items]
                 try:
                     results = await anyio.to_thread.run_sync(
-                        lambda: accept_many(self.engine, tenant, requests)  # noqa: B023
+                        accept_many, self.engine, tenant, requests
                     )
                 except Exception as exc:  # the database is down: every event of it waits
                     for _, future in items:
