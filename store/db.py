@@ -118,9 +118,11 @@ def table(model: type[SQLModel]) -> Table:
 
 def dialect_insert(session: Session) -> Any:
     """PostgreSQL's or SQLite's ``insert``, both of which have ``on_conflict_do_*``."""
-    if session.get_bind().dialect.name == "postgresql":
-        return pg_insert
-    return sqlite_insert
+    return insert_for(session.get_bind().dialect.name)
+
+
+def insert_for(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
 @contextmanager

@@ -12,11 +12,13 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Column, Integer, String, Table
+from sqlalchemy import Column, Integer, String, Table, bindparam
 from sqlmodel import Session, SQLModel
 
-from store.db import dialect_insert
+from store.db import insert_for
 from store.models import Delivery, Notification, UTCDateTime
 
 COUNTERS = (
@@ -112,21 +114,30 @@ class Increments:
         return any(self._by_key.values())
 
     def flush(self, session: Session) -> None:
-        insert = dialect_insert(session)
+        dialect = session.get_bind().dialect.name
         # A fixed order, so concurrent writers lock rows in the same order (no deadlock).
         for key in sorted(
             self._by_key, key=lambda k: tuple(str(getattr(k, d)) for d in DIMENSIONS)
         ):
-            counts = {c: n for c, n in self._by_key[key].items() if n}
+            counts = {c: n for c, n in sorted(self._by_key[key].items()) if n}
             if not counts:
                 continue
-            stmt = insert(delivery_rollups).values(**key.__dict__, **counts)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(DIMENSIONS),
-                set_={c: delivery_rollups.c[c] + stmt.excluded[c] for c in counts},
-            )
-            session.execute(stmt)
+            params = {f"v_{k}": v for k, v in (*key.__dict__.items(), *counts.items())}
+            session.execute(_upsert(dialect, tuple(counts)), params)
         self._by_key.clear()
+
+
+@lru_cache(maxsize=512)
+def _upsert(dialect: str, counters: tuple[str, ...]) -> Any:
+    """One upsert per dialect and set of counters, built once: building ``excluded`` proxies
+    all 46 columns, which was 6% of a worker's CPU when done for every send."""
+    stmt = insert_for(dialect)(delivery_rollups).values(
+        {c: bindparam(f"v_{c}") for c in (*DIMENSIONS, *counters)}
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=list(DIMENSIONS),
+        set_={c: delivery_rollups.c[c] + stmt.excluded[c] for c in counters},
+    )
 
 
 def rollup_key(delivery: Delivery, flow_key: str, category: str) -> RollupKey | None:
