@@ -263,6 +263,7 @@ class Bench:
         }
         migrate(make_engine(env["HERALD_DATABASE_URL"]))  # as `herald migrate` does
         self.raw_queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
+        self.raw_split_queue = f"{self.raw_queue}-activities"
         self.procs["raw-worker"] = spawn(
             "raw-worker",
             [
@@ -339,7 +340,7 @@ class Bench:
             RawInput(
                 self.fake.webhook_url("raw"),
                 seq,
-                f"{self.raw_queue}-activities" if split else None,
+                self.raw_split_queue if split else None,
             ),
             id=f"raw-{seq}-{uuid.uuid4().hex[:6]}",
             task_queue=self.raw_queue,

@@ -151,14 +151,14 @@ def stages(tl: Timeline, item: Item, history: WorkflowHistory) -> None:
     tl.add("total: sent → provider received", item.provider - item.sent)
 
 
-async def _raw_item(bench: Bench) -> Item:
+async def _raw_item(bench: Bench, split: bool = False) -> Item:
     seq = next(bench.seq)
     done = bench.deliveries.wait(seq, 1)
     wf = f"raw-tl-{seq}-{uuid.uuid4().hex[:6]}"
     sent = time.time()
     await bench.client.start_workflow(
         RawWorkflow.run,
-        RawInput(bench.fake.webhook_url("raw"), seq),
+        RawInput(bench.fake.webhook_url("raw"), seq, bench.raw_split_queue if split else None),
         id=wf,
         task_queue=bench.raw_queue,
     )
@@ -226,6 +226,8 @@ async def run(bench: Bench) -> None:
     out: dict[str, Any] = {"items": ITEMS, "clients": CLIENTS}
     for name, one in (
         ("raw", lambda: _raw_item(bench)),
+        # The activity on its own queue, as Herald's channels: what that hop costs raw.
+        ("raw_split", lambda: _raw_item(bench, split=True)),
         ("herald", lambda: _herald_item(bench, "bench.email", 1)),
     ):
         tl, cpu = await _collect(bench, one, ITEMS, CLIENTS)
@@ -245,24 +247,27 @@ def lines(r: dict[str, Any]) -> list[str]:
     t = r.get("timeline")
     if not t:
         return []
-    raw, her = t["raw"]["stages"], t["herald"]["stages"]
+    names = [n for n in ("raw", "raw_split", "herald") if n in t]
+    cols = [t[n]["stages"] for n in names]
     rows = [f"timeline: {t['items']} items, {t['clients']} closed-loop clients (p50 / p95 ms)"]
-    rows.append(f"  {'stage':<58}{'raw':>16}{'herald':>16}")
+    rows.append(f"  {'stage':<58}" + "".join(f"{n:>16}" for n in names))
     order = ["API accept", "accept → workflow started", "start_workflow → workflow started"]
-    for stage in dict.fromkeys([*order, *her, *raw]):
-        if stage not in her and stage not in raw:
-            continue
+    for stage in dict.fromkeys([*order, *(k for c in reversed(cols) for k in c)]):
         cells = [
             f"{s[stage]['p50_ms']:.1f} / {s[stage]['p95_ms']:.1f}" if stage in s else "—"
-            for s in (raw, her)
+            for s in cols
         ]
-        rows.append(f"  {stage:<58}{cells[0]:>16}{cells[1]:>16}")
+        rows.append(f"  {stage:<58}" + "".join(f"{c:>16}" for c in cells))
     total = "total: sent → provider received"
-    rows.append(
-        f"light-load p50 herald ÷ raw: {her[total]['p50_ms'] / raw[total]['p50_ms']:.2f} "
-        "(target ≤ 1.5)"
-    )
-    for name in ("raw", "herald", "herald_4_channels"):
+    p50 = {n: t[n]["stages"][total]["p50_ms"] for n in names}
+    ratio = f"light-load p50 herald ÷ raw: {p50['herald'] / p50['raw']:.2f} (target ≤ 1.5)"
+    if "raw_split" in p50:
+        ratio += (
+            f"; raw_split ÷ raw {p50['raw_split'] / p50['raw']:.2f}, "
+            f"herald ÷ raw_split {p50['herald'] / p50['raw_split']:.2f}"
+        )
+    rows.append(ratio)
+    for name in (n for n in ("raw", "raw_split", "herald", "herald_4_channels") if n in t):
         c = t[name]["cost_per_notification"]
         actions = ", ".join(f"{k[8:]} {v:g}" for k, v in c.items() if k.startswith("action: "))
         cpu = ", ".join(f"{k} {v}" for k, v in t[name]["cpu_ms_per_item"].items())
