@@ -10,6 +10,7 @@ import socket
 
 from prometheus_client import start_http_server
 
+from core.heap import freeze_startup_heap
 from core.metrics import serve_sdk_metrics
 from core.settings import get_settings
 from core.telemetry import Telemetry, configure_logging
@@ -50,6 +51,7 @@ async def main(queues_spec: str | None) -> None:
     client = await connect(settings, telemetry.interceptors(), runtime)
     workers, executor = build_workers(client, settings, engine, queues)
     await ensure_retention_schedule(client, settings, queues)
+    freeze_startup_heap(settings.gc_freeze)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,6 +40,7 @@ from api.routes import (
     tracking,
     webhooks,
 )
+from core.heap import freeze_startup_heap
 from core.limits import configure as configure_limits
 from core.metrics import DEAD_LETTERS
 from core.settings import Settings, get_settings
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         app.state.recorder = recorder
         app.state.key_auth = KeyAuthenticator(engine)
         app.state.rate_limiter = TenantRateLimiter.from_settings(settings)
+        app.state.frozen_objects = freeze_startup_heap(settings.gc_freeze)
         try:
             yield
         finally:

@@ -125,6 +125,9 @@ class Settings(
     rate_limit_webhook: float | None = Field(default=None, gt=0)
 
     worker_max_concurrent_activities: int = Field(default=64, ge=1)
+    # Freeze the startup heap out of the collector's full passes (core.heap); off in tests,
+    # which build many apps in one process.
+    gc_freeze: bool = True
     # Prometheus metrics of a worker process (the API serves its own at /metrics).
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"

@@ -23,6 +23,7 @@ from faststream import FastStream
 from faststream.specification import AsyncAPI
 from temporalio.client import Client
 
+from core.heap import freeze_startup_heap
 from core.settings import Settings
 from dispatching.outbox import Dispatcher
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError
@@ -96,6 +97,7 @@ class IngestService:
         self._status = asyncio.create_task(self.status.run(self.stopping))
 
     async def _announce(self) -> None:
+        freeze_startup_heap(self.settings.gc_freeze)
         names, s = Names(self.settings.broker_prefix), self.settings
         where = (
             f"exchange {names.exchange}, routing key <tenant>.<event type>"

@@ -126,6 +126,8 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, str, s
         # The fake providers and receivers listen on loopback, which webhooks may not reach
         # by default (the SSRF guard); tests of the guard narrow this.
         "webhook_allowed_networks": ["127.0.0.0/8", "::1/128"],
+        # Many apps start in one test process: freezing each one's heap would keep them all.
+        "gc_freeze": False,
     }
     values.update(overrides)
     return Settings(**values), key, tenant
