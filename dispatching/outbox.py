@@ -51,6 +51,12 @@ from workflows.types import DigestInput, DigestItem, NotificationInput, RetryReq
 
 log = logging.getLogger(__name__)
 
+# How often started events are marked dispatched. Each mark is a write transaction, which
+# the worker's writes queue behind on SQLite; at 50 ms, light load marked about two events
+# per transaction. A crash loses at most this much marking: the sweep (after its grace of
+# seconds) starts those events again, which their workflow ids make harmless.
+MARK_EVERY = 0.25
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -318,7 +324,7 @@ class Dispatcher:
     async def _flush_loop(self) -> None:
         """Mark dispatched in batches: one UPDATE for many events, not one per request."""
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(MARK_EVERY)
             try:
                 await self._flush()
             except Exception:
