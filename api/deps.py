@@ -88,23 +88,25 @@ class KeyAuthenticator:
             log.warning("could not record the use of API key %s", checked.key_id, exc_info=True)
 
 
-def get_settings(request: Request) -> Settings:
+# These only read app.state, so they are ``async``: FastAPI runs a plain ``def`` dependency
+# in its thread pool, and POST /v1/events took five such hops before its own work.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_gateway(request: Request) -> TemporalGateway:
+async def get_gateway(request: Request) -> TemporalGateway:
     return request.app.state.temporal
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
-def get_commits(request: Request) -> GroupCommit:
+async def get_commits(request: Request) -> GroupCommit:
     return request.app.state.commits
 
 

@@ -47,7 +47,7 @@ NO_CACHE = {
 PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
 
 
-def _recorder(request: Request) -> ObservationRecorder:
+async def _recorder(request: Request) -> ObservationRecorder:
     recorder: ObservationRecorder = request.app.state.recorder
     return recorder
 
