@@ -445,7 +445,10 @@ def deliveries_by_notification(
 def notification_status(deliveries: list[Delivery], dispatched: bool) -> NotificationStatus:
     statuses = {DeliveryStatus(d.status) for d in deliveries}
     if not statuses.issubset(TERMINAL_DELIVERY_STATUSES):
-        return NotificationStatus.RUNNING if dispatched else NotificationStatus.PENDING
+        # A delivery past pending proves the workflow runs, before the outbox's batched
+        # dispatched mark (up to dispatching.outbox.MARK_EVERY later) says so.
+        started = dispatched or statuses != {DeliveryStatus.PENDING}
+        return NotificationStatus.RUNNING if started else NotificationStatus.PENDING
     return outcome(statuses)
 
 
