@@ -26,7 +26,7 @@ class Cycle:
 def test_objects_alive_at_startup_are_frozen_and_later_ones_collected(unfrozen: None) -> None:
     before = Cycle()
     frozen = freeze_startup_heap()
-    assert frozen == gc.get_freeze_count() > 1000
+    assert frozen > 1000  # the count falls as other threads free frozen objects
     assert not any(o is before for o in gc.get_objects())  # skipped by every pass
     later = Cycle()
     assert any(o is later for o in gc.get_objects())
