@@ -147,8 +147,14 @@ async def test_quiet_hours_hand_a_recipient_to_its_own_workflow(
     ] != 1 or body["counts"]["sent"] != 2:
         assert asyncio.get_running_loop().time() < deadline, body
         await asyncio.sleep(0.2)
-    event = (await herald.http.get(f"/v1/events/{created['event_id']}")).json()
-    (waiting,) = [x for x in event["notifications"] if x["subscriber_id"] == sleeper]
+    # Its own workflow defers the send: pending until its first activity runs, then scheduled.
+    while True:
+        event = (await herald.http.get(f"/v1/events/{created['event_id']}")).json()
+        (waiting,) = [x for x in event["notifications"] if x["subscriber_id"] == sleeper]
+        if waiting["deliveries"][0]["status"] != "pending":
+            break
+        assert asyncio.get_running_loop().time() < deadline, waiting
+        await asyncio.sleep(0.2)
     assert waiting["deliveries"][0]["status"] == "scheduled"
 
 
