@@ -101,7 +101,11 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         app.state.dispatcher = dispatcher
         app.state.commits = GroupCommit(engine)  # concurrent POST /v1/events share a commit
         app.state.recorder = recorder
-        app.state.key_auth = KeyAuthenticator(engine)
+        # Key lookups get a pool of their own: routes open their session before they
+        # authenticate, so on a shared pool, once the key cache expired, as many requests as
+        # the pool holds each held a connection and waited for another, until its timeout.
+        auth_engine = make_engine(settings.database_url, pool=(1, 2))
+        app.state.key_auth = KeyAuthenticator(auth_engine)
         app.state.rate_limiter = TenantRateLimiter.from_settings(settings)
         app.state.frozen_objects = freeze_startup_heap(settings.gc_freeze)
         try:
@@ -109,6 +113,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         finally:
             await recorder.stop()  # queued hits are written before the engine goes
             await dispatcher.stop()
+            auth_engine.dispose()
             engine.dispose()
             telemetry.shutdown()  # the last spans are exported before the process goes
 

@@ -22,17 +22,25 @@ from core.metrics import count_statements
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, pool: tuple[int, int] | None = None) -> Engine:
+    """``pool`` is (size, overflow) for a small engine of its own, e.g. the API key lookups."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        size, overflow = pool or (10, 20)
         engine = create_engine(
-            url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            pool_size=size,
+            max_overflow=overflow,
+            pool_recycle=1800,
         )
     else:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        sized = {} if pool is None else {"pool_size": pool[0], "max_overflow": pool[1]}
         engine = create_engine(
-            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}, **sized
         )
         _configure_sqlite(engine)
     count_statements(engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -182,7 +183,7 @@ async def test_bad_input_is_422_naming_the_field_and_stores_nothing(api_factory:
 async def test_last_used_is_written_at_most_once_a_minute(api_factory: Any) -> None:
     api = await api_factory(admin_key=ADMIN_KEY)
     created = await create(api, unique("acme"))
-    engine: Engine = api.app.state.engine
+    engine: Engine = api.app.state.key_auth.engine  # key lookups have a pool of their own
     writes: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -244,3 +245,18 @@ def test_admin_key_must_be_long_and_empty_means_off(database_url: str) -> None:
         settings(admin_key="short-admin-key")
     assert settings(admin_key="").admin_key is None
     assert settings().admin_key is None
+
+
+async def test_an_expired_key_cache_does_not_starve_concurrent_requests_of_connections(
+    api_factory: Any,
+) -> None:
+    """Routes open their session before they authenticate. With the key lookups on the same
+    pool, as many requests as the pool holds each held a connection and waited for another
+    (QueuePool timeout, then 500s), seen in make bench's tracking scenario."""
+    api = await api_factory()
+    assert await api.status_with(api.key) == 200  # the key is cached
+    api.clock.now += KEY_CACHE_SECONDS + 1  # every request now looks it up
+    codes = await asyncio.wait_for(
+        asyncio.gather(*(api.status_with(api.key) for _ in range(40))), 20
+    )
+    assert codes == [200] * 40
