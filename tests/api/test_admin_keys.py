@@ -12,7 +12,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from temporalio.testing import WorkflowEnvironment
 
@@ -20,7 +19,7 @@ from core.settings import Settings
 from store import api_keys as q
 from store.api_keys import KEY_CACHE_SECONDS
 from store.db import session_scope
-from tests.conftest import make_settings, open_api, unique
+from tests.conftest import make_settings, open_api, recorded_statements, unique
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 
@@ -184,14 +183,10 @@ async def test_last_used_is_written_at_most_once_a_minute(api_factory: Any) -> N
     api = await api_factory(admin_key=ADMIN_KEY)
     created = await create(api, unique("acme"))
     engine: Engine = api.app.state.key_auth.engine  # key lookups have a pool of their own
-    writes: list[str] = []
+    with recorded_statements(engine) as statements:
 
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE TENANT_API_KEYS"):
-            writes.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+        def writes() -> int:
+            return sum(s.lstrip().upper().startswith("UPDATE TENANT_API_KEYS") for s in statements)
 
         async def last_used() -> str | None:
             r = await api.http.get(
@@ -206,19 +201,17 @@ async def test_last_used_is_written_at_most_once_a_minute(api_factory: Any) -> N
         for _ in range(5):
             assert await api.status_with(created["key"]) == 200
         first = await last_used()
-        assert first is not None and len(writes) == 1
+        assert first is not None and writes() == 1
 
         api.clock.now += 30  # the cache expired and was re-read: still no second write
         for _ in range(3):
             assert await api.status_with(created["key"]) == 200
-        assert await last_used() == first and len(writes) == 1
+        assert await last_used() == first and writes() == 1
 
         api.clock.now += 31
         assert await api.status_with(created["key"]) == 200
         later = await last_used()
-        assert later is not None and later > first and len(writes) == 2
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+        assert later is not None and later > first and writes() == 2
 
 
 async def test_a_revoke_elsewhere_ends_the_key_within_the_cache_bound(

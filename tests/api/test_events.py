@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import event, func
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from store.models import Event, Notification
-from tests.conftest import Herald, HeraldFactory, unique
+from tests.conftest import Herald, HeraldFactory, recorded_statements, unique
 from tests.fakes.provider import FakeProvider
 
 EMAIL_STEP = {"channel": "email", "subject": "Hello {{ subscriber.name }}", "text": "Body"}
@@ -216,23 +216,15 @@ async def test_concurrent_posts_share_a_commit_and_each_gets_its_own_answer(
     sub = unique("u")
     await herald.put_subscriber(sub, email="a@example.com")
     await herald.put_flow("burst", event_type="burst.test", steps=[SMS_STEP])
-    inserts: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.upper().startswith("INSERT INTO EVENTS"):
-            inserts.append(statement)
 
     def post(to: str, key: str) -> Any:
         body = {"type": "burst.test", "to": [to], "data": {"code": key}}
         return herald.http.post("/v1/events", json=body, headers={"Idempotency-Key": key})
 
     keys = [unique("k") for _ in range(12)]
-    engine = herald.app.state.engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with recorded_statements(herald.app.state.engine) as statements:
         *fresh, repeated = await asyncio.gather(*(post(sub, k) for k in keys), post(sub, keys[0]))
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
+    inserts = [s for s in statements if s.upper().startswith("INSERT INTO EVENTS")]
     unknown = await post("nobody", unique("k"))
     assert [a.status_code for a in fresh[1:]] == [202] * 11, [a.text for a in fresh]
     # The same key twice at once: whichever came first stored it, the other gets it back.

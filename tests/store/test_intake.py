@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -14,7 +11,7 @@ from store.flows import put_flow
 from store.intake import AcceptRequest, accept_many
 from store.models import Event, Notification
 from store.subscribers import upsert_subscriber
-from tests.conftest import unique
+from tests.conftest import recorded_statements, unique
 
 SMS = {"channel": "sms", "text": "x"}
 
@@ -78,23 +75,15 @@ def test_savepoints_only_when_an_event_is_refused(engine: Engine) -> None:
     tenant, sub = unique("tenant"), unique("u")
     with session_scope(engine) as s:
         upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement.upper())
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with recorded_statements(engine) as statements:
         clean = accept_many(engine, tenant, [_request(None, sub, n) for n in range(5)])
         assert all(isinstance(r, AcceptedEvent) for r in clean)
-        assert not [s for s in statements if s.startswith("SAVEPOINT")]
+        assert not [s for s in statements if s.upper().startswith("SAVEPOINT")]
         statements.clear()
         mixed = accept_many(engine, tenant, [_request(None, sub, 10), _request(None, "nobody", 11)])
         assert isinstance(mixed[0], AcceptedEvent)
         assert isinstance(mixed[1], UnknownSubscribersError)
-        assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 2
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
+        assert len([s for s in statements if s.upper().startswith("SAVEPOINT")]) == 2
     with read_scope(engine) as s:
         stored = s.exec(select(Event).where(col(Event.tenant_id) == tenant)).all()
     assert sorted(e.data["n"] for e in stored) == [0, 1, 2, 3, 4, 10]
@@ -106,17 +95,11 @@ def test_a_clean_batch_writes_each_table_once(engine: Engine) -> None:
     with session_scope(engine) as s:
         upsert_subscriber(s, tenant, sub, {"email": "ada@example.com"})
         put_flow(s, tenant, "receipt", {"event_type": "order.placed", "steps": [SMS]})
-    inserts: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.upper().startswith("INSERT"):
-            inserts.append(statement.split("(")[0].split()[-1].strip('"'))
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with recorded_statements(engine) as statements:
         results = accept_many(engine, tenant, [_request(None, sub, n) for n in range(6)])
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
+    inserts = [
+        s.split("(")[0].split()[-1].strip('"') for s in statements if s.upper().startswith("INSERT")
+    ]
     assert all(isinstance(r, AcceptedEvent) and len(r.notifications) == 1 for r in results)
     assert sorted(inserts) == sorted(["events", "notifications", "deliveries", "delivery_events"])
     with read_scope(engine) as s:
