@@ -82,6 +82,30 @@ def _find_temporal() -> str:
     return found
 
 
+# The embedded dev server's dynamic config; the tests start theirs with it too.
+DEV_SERVER_DYNAMIC_CONFIG = {
+    # One partition per task queue: a rate limit is split over the partitions and their
+    # sends bunch together. (Production: set these per task queue in dynamic config.)
+    "matching.numTaskqueueReadPartitions": 1,
+    "matching.numTaskqueueWritePartitions": 1,
+    # The dev server has one history shard, whose transfer queue (which hands new workflow
+    # and activity tasks to matching) is read at most 20 times a second by default. Past
+    # 20 tasks/s every start and every activity waited for the next read: at four clients
+    # a raw send's start took 40 ms to reach its worker and a cross-queue activity 20 ms
+    # more (BENCHMARKS.md, "the transfer queue's read limit").
+    "history.transferProcessorMaxPollRPS": 1000,
+}
+
+
+def dev_server_dynamic_config() -> list[str]:
+    """``--dynamic-config-value`` arguments for ``temporal server start-dev``."""
+    return [
+        arg
+        for key, value in DEV_SERVER_DYNAMIC_CONFIG.items()
+        for arg in ("--dynamic-config-value", f"{key}={value}")
+    ]
+
+
 def temporal_command(
     port: int,
     ui_port: int,
@@ -109,10 +133,7 @@ def temporal_command(
         "--sqlite-pragma", "journal_mode=wal",
         "--sqlite-pragma", "synchronous=normal",
         "--log-level", "warn",
-        # One partition per task queue: a rate limit is split over the partitions and
-        # their sends bunch together. (Production: set these per task queue in dynamic config.)
-        "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-        "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+        *dev_server_dynamic_config(),
     ]  # fmt: skip
     if headless:
         argv.append("--headless")

@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.main import create_app
 from core.settings import Settings
 from core.types import SEARCH_ATTRIBUTES
+from scripts.run import dev_server_dynamic_config
 from store.db import make_engine
 from store.events import AcceptedEvent, RecipientSpec, accept_event
 from store.schema import migrate
@@ -69,14 +70,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=[SearchAttributeKey.for_keyword(n) for n in SEARCH_ATTRIBUTES],
         dev_server_log_level="error",
-        # One partition per task queue, as scripts/run.py starts it: the server splits a
-        # queue's rate limit over its partitions and their sends bunch together.
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "matching.numTaskqueueReadPartitions=1",
-            "--dynamic-config-value",
-            "matching.numTaskqueueWritePartitions=1",
-        ],
+        # As `make run` starts it: one partition per task queue, a prompt transfer queue.
+        dev_server_extra_args=dev_server_dynamic_config(),
     )
     try:
         yield env
