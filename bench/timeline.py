@@ -2,10 +2,12 @@
 
 Four closed-loop clients send one-email events, and raw workflows with the activity on the
 workflow's queue (raw) or on one of its own (raw_split), one at a time; the three kinds take
-turns in rounds. For each item the stages come from the Temporal history's event times, the
-bench's clock around the API call and the fake provider's arrival time, all on one
-machine's clock. Costs are counted from the same histories: Temporal Cloud's billable
-actions, workflow tasks and history events per notification, and CPU per process.
+turns in rounds. Each round also sends a few of each kind from a single client: a lone
+notification's latency, which the machine's load does not blur. For each item the stages
+come from the Temporal history's event times, the bench's clock around the API call and the
+fake provider's arrival time, all on one machine's clock. Costs are counted from the same
+histories: Temporal Cloud's billable actions, workflow tasks and history events per
+notification, and CPU per process.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ ITEMS = int(os.environ.get("HERALD_BENCH_TIMELINE_N", "60"))
 # raw, raw_split and Herald take turns this many times, so each meets the same growing
 # Temporal database and the same spells of a noisy machine (they ran one after another).
 ROUNDS = int(os.environ.get("HERALD_BENCH_TIMELINE_ROUNDS", "3"))
-CLIENTS = 4
+CLIENTS = int(os.environ.get("HERALD_BENCH_TIMELINE_CLIENTS", "4"))
+# Items per kind and round sent by a single client, beside the CLIENTS pass.
+ALONE_PER_ROUND = 10
+TOTAL = "total: sent → provider received"
 LA_MARKER = "core_local_activity"
 
 # Temporal Cloud's billable actions, by the history event that records each one.
@@ -157,7 +162,7 @@ def stages(tl: Timeline, item: Item, history: WorkflowHistory) -> None:
             tl.add("provider received → activity completed (writes)", _t(done) - item.provider)
     closed = events[-1]
     tl.add("provider received → workflow closed", _t(closed) - item.provider)
-    tl.add("total: sent → provider received", item.provider - item.sent)
+    tl.add(TOTAL, item.provider - item.sent)
 
 
 async def _raw_item(bench: Bench, split: bool = False) -> Item:
@@ -242,11 +247,17 @@ async def run(bench: Bench) -> None:
     }
     timelines = {name: Timeline() for name in kinds}
     cpu_sums: dict[str, Counter[str]] = {name: Counter() for name in kinds}
+    alone = {name: Timeline() for name in kinds}
     for _ in range(ROUNDS):
         for name, one in kinds.items():
             tl, cpu = await _collect(bench, one, per_round, CLIENTS)
             timelines[name].extend(tl)
             cpu_sums[name].update(cpu)
+        for name, one in kinds.items():  # one at a time: a lone password reset
+            alone[name].extend((await _collect(bench, one, ALONE_PER_ROUND, 1))[0])
+    out["one_client"] = {
+        name: tl.summary()["stages"][TOTAL]["p50_ms"] for name, tl in alone.items()
+    }
     for name, tl in timelines.items():
         cpu = {k: round(v / ROUNDS, 2) for k, v in cpu_sums[name].items()}
         out[name] = {**tl.summary(), "cpu_ms_per_item": cpu}
@@ -279,8 +290,7 @@ def lines(r: dict[str, Any]) -> list[str]:
             for s in cols
         ]
         rows.append(f"  {stage:<58}" + "".join(f"{c:>16}" for c in cells))
-    total = "total: sent → provider received"
-    p50 = {n: t[n]["stages"][total]["p50_ms"] for n in names}
+    p50 = {n: t[n]["stages"][TOTAL]["p50_ms"] for n in names}
     ratio = f"light-load p50 herald ÷ raw: {p50['herald'] / p50['raw']:.2f} (target ≤ 1.5)"
     if "raw_split" in p50:
         ratio += (
@@ -288,6 +298,12 @@ def lines(r: dict[str, Any]) -> list[str]:
             f"herald ÷ raw_split {p50['herald'] / p50['raw_split']:.2f}"
         )
     rows.append(ratio)
+    if alone := t.get("one_client"):
+        rows.append(
+            "one client at a time, sent → provider received p50: "
+            + ", ".join(f"{n} {v:.1f} ms" for n, v in alone.items())
+            + f" (herald ÷ raw {alone['herald'] / alone['raw']:.2f})"
+        )
     for name in (n for n in ("raw", "raw_split", "herald", "herald_4_channels") if n in t):
         c = t[name]["cost_per_notification"]
         actions = ", ".join(f"{k[8:]} {v:g}" for k, v in c.items() if k.startswith("action: "))
