@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from core.types import SEARCH_ATTRIBUTES
+from scripts.run import DEV_SERVER_DYNAMIC_CONFIG
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 REQUIRED_ENV = {
@@ -72,3 +73,15 @@ def test_nothing_of_herald_starts_before_the_schema_is_migrated() -> None:
 def test_the_init_job_registers_every_search_attribute() -> None:
     script = " ".join(services()["temporal-init"]["command"])
     assert all(f"--name {name}" in script for name in SEARCH_ATTRIBUTES)
+
+
+def test_temporal_gets_the_dynamic_config_make_run_gives_the_dev_server() -> None:
+    temporal = services()["temporal"]
+    path = temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    host_dir, _, mounted = temporal["volumes"][0].partition(":")
+    mounted = mounted.removesuffix(":ro")
+    # auto-setup runs from /etc/temporal, so the path is relative to it.
+    assert f"/etc/temporal/{path}".startswith(mounted + "/")
+    config_file = COMPOSE.parent / host_dir / Path(path).name
+    config = yaml.safe_load(config_file.read_text())
+    assert {k: v[0]["value"] for k, v in config.items()} == DEV_SERVER_DYNAMIC_CONFIG
