@@ -82,17 +82,17 @@ def _find_temporal() -> str:
     return found
 
 
-# The embedded dev server's dynamic config; the tests start theirs with it too.
+# The embedded dev server's dynamic config. The tests start theirs with it too, and
+# compose's Temporal takes the same from deploy/temporal/herald.yaml (a test compares them).
 DEV_SERVER_DYNAMIC_CONFIG = {
     # One partition per task queue: a rate limit is split over the partitions and their
-    # sends bunch together. (Production: set these per task queue in dynamic config.)
+    # sends bunch together.
     "matching.numTaskqueueReadPartitions": 1,
     "matching.numTaskqueueWritePartitions": 1,
     # The dev server has one history shard, whose transfer queue (which hands new workflow
-    # and activity tasks to matching) is read at most 20 times a second by default. Past
-    # 20 tasks/s every start and every activity waited for the next read: at four clients
-    # a raw send's start took 40 ms to reach its worker and a cross-queue activity 20 ms
-    # more (BENCHMARKS.md, "the transfer queue's read limit").
+    # and activity tasks to matching) is read at most 20 times a second by default. Each
+    # start and each cross-queue activity waited for the next read: one send at a time,
+    # 40 ms each (BENCHMARKS.md, "The dev server's transfer queue was the largest wait").
     "history.transferProcessorMaxPollRPS": 1000,
 }
 
