@@ -250,6 +250,8 @@ class Bench:
         env = {
             **base_env,
             "HERALD_ENV": "test",
+            # As production runs it (HERALD_ENV=test would keep the workflow sandbox on).
+            "HERALD_WORKFLOW_SANDBOX": "false",
             "HERALD_DATABASE_URL": self._database_url(),
             "HERALD_TEMPORAL_ADDRESS": self.temporal_addr,
             "HERALD_API_KEYS": f"{API_KEY}:bench",

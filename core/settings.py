@@ -128,6 +128,11 @@ class Settings(
     # Freeze the startup heap out of the collector's full passes (core.heap); off in tests,
     # which build many apps in one process.
     gc_freeze: bool = True
+    # Workflows in the SDK's sandbox, which imports their module afresh for every execution
+    # and fails a workflow task on a non-deterministic call (datetime.now, random, I/O).
+    # Unset: on in dev and test (make run, the suite), off in production, where it cost ~3 ms
+    # of worker CPU per notification (BENCHMARKS.md). The replay tests run it either way.
+    workflow_sandbox: bool | None = None
     # Prometheus metrics of a worker process (the API serves its own at /metrics).
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"
@@ -297,6 +302,12 @@ class Settings(
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def sandboxed_workflows(self) -> bool:
+        if self.workflow_sandbox is not None:
+            return self.workflow_sandbox
+        return self.env != "production"
 
     @property
     def workflow_task_queue(self) -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.batch_delivery import BatchDelivery
 from activities.broadcast import BroadcastActivities
@@ -74,8 +75,11 @@ def build_workers(
 ) -> tuple[list[Worker], ThreadPoolExecutor]:
     """One worker per task queue, so each channel scales and rate-limits on its own."""
     queues = list(queues)
+    sandboxed = settings.sandboxed_workflows
     if WORKFLOWS_QUEUE in queues:
-        cache_workflow_bytecode()
+        log.info("workflows run %s", "in the sandbox" if sandboxed else "without the sandbox")
+        if sandboxed:
+            cache_workflow_bytecode()
     per_queue = settings.worker_max_concurrent_activities
     executor = executor or ThreadPoolExecutor(
         max_workers=per_queue * len(queues) + 8, thread_name_prefix="herald-activity"
@@ -115,6 +119,9 @@ def build_workers(
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,
                     interceptors=[LogContextInterceptor()],
+                    workflow_runner=(
+                        SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
+                    ),
                 )
             )
         else:

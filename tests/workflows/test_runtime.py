@@ -4,9 +4,17 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from core.settings import Settings
+from tests.conftest import HeraldFactory, make_settings, unique
+from tests.fakes.provider import FakeProvider, sendgrid_error_body
+from tests.workflows.test_notification import EMAIL_STEP, visible
 from workflows import notification
-from workflows.runtime import ALL_QUEUES, cache_workflow_bytecode, parse_queues
+from workflows.runtime import ALL_QUEUES, build_workers, cache_workflow_bytecode, parse_queues
 
 
 def test_parse_queues() -> None:
@@ -25,3 +33,45 @@ def test_workflow_bytecode_is_cached_for_the_sandbox() -> None:
     cached.unlink(missing_ok=True)  # as under PYTHONDONTWRITEBYTECODE=1
     cache_workflow_bytecode()
     assert cached.exists()
+
+
+def test_the_workflow_sandbox_is_on_in_dev_and_test_and_off_in_production() -> None:
+    assert Settings.model_construct(env="dev").sandboxed_workflows
+    assert Settings.model_construct(env="test").sandboxed_workflows
+    assert not Settings.model_construct(env="production").sandboxed_workflows
+    assert Settings.model_construct(env="production", workflow_sandbox=True).sandboxed_workflows
+    assert not Settings.model_construct(env="test", workflow_sandbox=False).sandboxed_workflows
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+async def test_the_workflow_worker_runs_the_configured_runner(
+    sandbox: bool, temporal_env: WorkflowEnvironment, engine: Engine, database_url: str
+) -> None:
+    settings, _, _ = make_settings(database_url, workflow_sandbox=sandbox)
+    workers, executor = build_workers(temporal_env.client, settings, engine, ["workflows"])
+    executor.shutdown()
+    runner = workers[0].config()["workflow_runner"]
+    expected = SandboxedWorkflowRunner if sandbox else UnsandboxedWorkflowRunner
+    assert type(runner) is expected
+
+
+async def test_without_the_sandbox_notifications_send_fail_and_are_filterable(
+    herald_factory: HeraldFactory, fresh_provider: FakeProvider
+) -> None:
+    """Production's runner: the suite's other tests run every workflow in the sandbox."""
+    herald = await herald_factory(workflow_sandbox=False)
+    ok, bad = unique("u"), unique("u")
+    await herald.put_subscriber(ok, email="ok@example.com")
+    await herald.put_subscriber(bad, email="bad@example.com")
+    await herald.put_flow("welcome", event_type="user.signup", steps=[EMAIL_STEP])
+    for _ in range(2):  # a second execution in the same process: no state carried over
+        body = sendgrid_error_body("bad@example.com bounced")
+        fresh_provider.fail("sendgrid", 400, body=body, when="bad@example.com")
+        accepted = await herald.publish(type="user.signup", to=[ok, bad])
+        event = await herald.wait_event(accepted["id"])
+        status = {n["subscriber_id"]: n["status"] for n in event["notifications"]}
+        assert status == {ok: "sent", bad: "failed"}
+    tenant = f'HeraldTenant="{herald.tenant}"'
+    await visible(herald.client, f'{tenant} AND HeraldStatus="sent"', 2)
+    await visible(herald.client, f'{tenant} AND HeraldStatus="failed"', 2)
+    assert len(fresh_provider.requests("sendgrid")) == 4
