@@ -29,7 +29,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.flows import FlowDefinition
+from core.flows import FlowDefinition, SendStep
 from core.metrics import OUTBOX_LAG, OUTBOX_QUEUED
 from core.settings import Settings
 from core.telemetry import attached, current_context, log_ids
@@ -105,13 +105,30 @@ def configured(settings: Settings) -> dict[str, Any]:
     }
 
 
+def notification_queue(settings: Settings, flow: FlowDefinition) -> str:
+    """Where a notification's workflow runs.
+
+    A flow that sends on one channel only runs on that channel's queue: the channel's
+    worker runs the workflow too, and Temporal hands it the send with the workflow task
+    (eager activity dispatch) instead of through matching, the light-load hop that cost
+    18-21 ms (BENCHMARKS.md). A rate-limited channel keeps the hop, since an eager send
+    would bypass the server's limit for the queue; so do flows of several channels.
+    """
+    channels = {step.channel for step in flow.steps if isinstance(step, SendStep)}
+    if len(channels) == 1:
+        (channel,) = channels
+        if settings.rate_limit_for(channel) is None:
+            return settings.channel_task_queue(channel)
+    return settings.workflow_task_queue
+
+
 async def _start(client: Client, settings: Settings, inp: NotificationInput, wf_id: str) -> None:
     try:
         await client.start_workflow(
             NotificationWorkflow.run,
             inp,
             id=wf_id,
-            task_queue=settings.workflow_task_queue,
+            task_queue=notification_queue(settings, inp.flow),
             # A running duplicate is joined; a finished one is never re-run for the same key.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -138,7 +155,7 @@ async def retry_with_start(
             NotificationWorkflow.run,
             inp,
             id=planned.notification.workflow_id,
-            task_queue=settings.workflow_task_queue,
+            task_queue=notification_queue(settings, inp.flow),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             start_signal="retry",
             start_signal_args=[request],

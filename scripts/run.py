@@ -94,6 +94,10 @@ DEV_SERVER_DYNAMIC_CONFIG = {
     # start and each cross-queue activity waited for the next read: one send at a time,
     # 40 ms each (BENCHMARKS.md, "The dev server's transfer queue was the largest wait").
     "history.transferProcessorMaxPollRPS": 1000,
+    # A one-channel notification's send starts with the workflow task that scheduled it,
+    # in the same worker (dispatching.outbox.notification_queue). The dev server has this
+    # on already; a server of its own (compose) is off without it.
+    "system.enableActivityEagerExecution": True,
 }
 
 
@@ -102,7 +106,7 @@ def dev_server_dynamic_config() -> list[str]:
     return [
         arg
         for key, value in DEV_SERVER_DYNAMIC_CONFIG.items()
-        for arg in ("--dynamic-config-value", f"{key}={value}")
+        for arg in ("--dynamic-config-value", f"{key}={json.dumps(value)}")
     ]
 
 

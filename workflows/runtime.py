@@ -6,13 +6,14 @@ import compileall
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.batch_delivery import BatchDelivery
@@ -76,7 +77,7 @@ def build_workers(
     """One worker per task queue, so each channel scales and rate-limits on its own."""
     queues = list(queues)
     sandboxed = settings.sandboxed_workflows
-    if WORKFLOWS_QUEUE in queues:
+    if queues:  # every queue runs notifications' workflows (see below)
         log.info("workflows run %s", "in the sandbox" if sandboxed else "without the sandbox")
         if sandboxed:
             cache_workflow_bytecode()
@@ -93,6 +94,17 @@ def build_workers(
     flow_acts = FlowActivities(engine)
     broadcast_acts = BroadcastActivities(engine)
     retention_acts = RetentionActivities(engine)
+
+    def runner() -> WorkflowRunner:
+        return SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
+
+    # The local activities a notification runs next to its workflow, wherever that runs.
+    notification_acts: list[Callable[..., Any]] = [
+        acts.record_failure,
+        acts.reopen_delivery,
+        flow_acts.resolve_delay,
+        flow_acts.stop_notification,
+    ]
     workers: list[Worker] = []
     for queue in queues:
         if queue == WORKFLOWS_QUEUE:
@@ -104,10 +116,7 @@ def build_workers(
                     # Short database work next to the workflow, local but for a broadcast's
                     # batches, which may take longer than a workflow task.
                     activities=[
-                        acts.record_failure,
-                        acts.reopen_delivery,
-                        flow_acts.resolve_delay,
-                        flow_acts.stop_notification,
+                        *notification_acts,
                         flow_acts.claim_digest,
                         broadcast_acts.open_broadcast,
                         broadcast_acts.enroll_batch,
@@ -119,9 +128,7 @@ def build_workers(
                     activity_executor=executor,
                     max_concurrent_local_activities=per_queue,
                     interceptors=[LogContextInterceptor()],
-                    workflow_runner=(
-                        SandboxedWorkflowRunner() if sandboxed else UnsandboxedWorkflowRunner()
-                    ),
+                    workflow_runner=runner(),
                 )
             )
         else:
@@ -130,9 +137,16 @@ def build_workers(
                 Worker(
                     client,
                     task_queue=settings.channel_task_queue(Channel(queue)),
-                    activities=[acts.deliver, batch.deliver_batch],
+                    # A one-channel notification runs here (dispatching.outbox.
+                    # notification_queue), so its send starts with the workflow task.
+                    workflows=[NotificationWorkflow],
+                    activities=[*notification_acts, acts.deliver, batch.deliver_batch],
                     activity_executor=executor,
                     max_concurrent_activities=per_queue,
+                    max_concurrent_local_activities=per_queue,
+                    workflow_runner=runner(),
+                    # An eager send would bypass the server's limit for the queue.
+                    disable_eager_activity_execution=rate is not None,
                     interceptors=[LogContextInterceptor()],
                     # Enforced by the server for the whole queue, so it holds across
                     # every worker process serving this channel.

@@ -10,6 +10,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from core.settings import Settings
+from core.types import Channel
 from tests.conftest import HeraldFactory, make_settings, unique
 from tests.fakes.provider import FakeProvider, sendgrid_error_body
 from tests.workflows.test_notification import EMAIL_STEP, visible
@@ -48,11 +49,26 @@ async def test_the_workflow_worker_runs_the_configured_runner(
     sandbox: bool, temporal_env: WorkflowEnvironment, engine: Engine, database_url: str
 ) -> None:
     settings, _, _ = make_settings(database_url, workflow_sandbox=sandbox)
-    workers, executor = build_workers(temporal_env.client, settings, engine, ["workflows"])
+    workers, executor = build_workers(temporal_env.client, settings, engine)
     executor.shutdown()
-    runner = workers[0].config()["workflow_runner"]
+    # Channel workers run one-channel notifications' workflows too.
+    runners = [type(w.config()["workflow_runner"]) for w in workers]
     expected = SandboxedWorkflowRunner if sandbox else UnsandboxedWorkflowRunner
-    assert type(runner) is expected
+    assert runners == [expected] * len(ALL_QUEUES)
+
+
+async def test_only_a_rate_limited_channel_worker_refuses_eager_sends(
+    temporal_env: WorkflowEnvironment, engine: Engine, database_url: str
+) -> None:
+    """An eager send skips the server's per-queue limit, so a limited channel goes without."""
+    settings, _, _ = make_settings(database_url, rate_limit_sms=5)
+    workers, executor = build_workers(temporal_env.client, settings, engine)
+    executor.shutdown()
+    eager_off = {w.task_queue: w.config()["disable_eager_activity_execution"] for w in workers}
+    assert eager_off == {
+        settings.workflow_task_queue: False,
+        **{settings.channel_task_queue(c): c == Channel.SMS for c in Channel},
+    }
 
 
 async def test_without_the_sandbox_notifications_send_fail_and_are_filterable(
