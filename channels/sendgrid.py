@@ -36,6 +36,7 @@ from channels.base import (
     unpack,
 )
 from channels.batch import settle
+from channels.sendgrid_transport import keep_alive_client
 from core.settings import Settings
 from core.types import Channel
 
@@ -64,9 +65,14 @@ class SendGridAdapter:
             api_key=settings.sendgrid_api_key.get_secret_value(),
             host=settings.sendgrid_base_url.rstrip("/"),
         )
-        # SendGridAPIClient takes no timeout; its python_http_client.Client does, and passes
-        # it on to every per-path client it builds (urllib's default is to wait forever).
-        self._client.client.timeout = timeout
+        # The SDK's client, with connections kept open between sends, and a timeout
+        # (SendGridAPIClient takes none; urllib's default is to wait forever).
+        self._client.client = keep_alive_client(
+            self._client.host,
+            self._client.client.request_headers,
+            timeout,
+            connections=settings.worker_max_concurrent_activities,
+        )
         name, addr = parseaddr(settings.email_from)
         if not addr:
             raise ValueError(f"HERALD_EMAIL_FROM is not an email address: {settings.email_from!r}")

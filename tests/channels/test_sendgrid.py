@@ -121,3 +121,31 @@ def test_slow_provider_times_out_as_transient(provider, settings, email):
         adapter.send(email())
 
     assert info.value.code == "timeout"
+
+
+def test_sends_share_a_kept_alive_connection(provider, settings, email):
+    """The SDK alone opened a connection (and, on https, a TLS handshake) per email."""
+    adapter = SendGridAdapter(settings)
+    provider.fail("sendgrid", 400, body=sendgrid_error_body("bad address"))
+    with pytest.raises(PermanentProviderError):
+        adapter.send(email())
+
+    results = [adapter.send(email()) for _ in range(5)]
+
+    requests = provider.requests("sendgrid")
+    assert [r.status for r in requests] == [400] + [202] * 5
+    assert len({r.peer for r in requests}) == 1, [r.peer for r in requests]  # one connection
+    assert all(r.provider_message_id for r in results)
+
+
+def test_a_connection_the_server_closed_is_replaced_not_failed(provider, settings, email):
+    adapter = SendGridAdapter(settings)
+    provider.fail("sendgrid", 202, body=b"", headers={"Connection": "close"})
+    adapter.send(email())  # answered, then the server closes the connection
+
+    adapter.send(email())
+    adapter.send(email())
+
+    first, second, third = provider.requests("sendgrid")
+    assert (first.status, second.status, third.status) == (202, 202, 202)
+    assert first.peer != second.peer == third.peer

@@ -152,6 +152,8 @@ class Recorded:
     received_at: float
     # The id the fake answered with: SendGrid's X-Message-Id, Twilio's MessageSid.
     message_id: str | None = None
+    # The client's address and port: requests on one kept-alive connection share it.
+    peer: str | None = None
 
 
 @dataclass
@@ -427,6 +429,7 @@ class FakeProvider:
             form=form,
             status=0,
             received_at=time.time(),
+            peer=None if request.client is None else f"{request.client.host}:{request.client.port}",
         )
         fault = self._take_fault(kind, rec.path, body)
         if fault is not None:
