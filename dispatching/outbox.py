@@ -110,9 +110,9 @@ def notification_queue(settings: Settings, flow: FlowDefinition) -> str:
 
     A flow that sends on one channel only runs on that channel's queue: the channel's
     worker runs the workflow too, and Temporal hands it the send with the workflow task
-    (eager activity dispatch) instead of through matching, the light-load hop that cost
-    18-21 ms (BENCHMARKS.md). A rate-limited channel keeps the hop, since an eager send
-    would bypass the server's limit for the queue; so do flows of several channels.
+    (eager activity dispatch) instead of through matching, a hop of 12-23 ms at light
+    load (BENCHMARKS.md). A rate-limited channel keeps the hop, since an eager send would
+    bypass the server's limit for the queue; so do flows of several channels.
     """
     channels = {step.channel for step in flow.steps if isinstance(step, SendStep)}
     if len(channels) == 1:
