@@ -21,6 +21,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.urllib import URLLibInstrumentor
+from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -102,7 +103,13 @@ class Telemetry:
             BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(settings.otel_endpoint)))
         )
         telemetry = cls(provider)
-        instrumentors = (HTTPXClientInstrumentor(), RequestsInstrumentor(), URLLibInstrumentor())
+        # urllib3: SendGrid's pooled transport (channels.sendgrid_transport).
+        instrumentors = (
+            HTTPXClientInstrumentor(),
+            RequestsInstrumentor(),
+            URLLibInstrumentor(),
+            URLLib3Instrumentor(),
+        )
         for instrumentor in instrumentors:
             if not instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.instrument(tracer_provider=provider)
