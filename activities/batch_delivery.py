@@ -71,6 +71,32 @@ class BatchDelivery:
         adapter = next(iter(providers.values()))
         result = BatchDeliverResult()
         sends: list[tuple[str, str, Message]] = []  # delivery id, subscriber id, message
+        # Cancellation (a broadcast cancelled, a worker's shutdown) lands between chunks,
+        # never inside a transaction or between a chunk's send and its record (see
+        # activities.defn.uninterrupted for what an exception raised there did).
+        with activity.shield_thread_cancel_exception():
+            self._decide(inp, channel, result, sends)
+        activity.heartbeat("decided")
+        pacer = self.single.pacers.get(channel)
+        # Sent and recorded a chunk at a time, heartbeating in between: a worker killed
+        # mid-batch repeats at most one chunk, and a paced channel still heartbeats.
+        size = getattr(adapter, "max_batch", CHUNK)
+        if pacer is not None:
+            size = max(1, min(size, int(10 / pacer.interval)))  # ~10 s of sends
+        for start in range(0, len(sends), size):
+            with activity.shield_thread_cancel_exception():
+                self._send_chunk(inp, channel, adapter, sends[start : start + size], result)
+            activity.heartbeat(start + size)
+        return result
+
+    def _decide(
+        self,
+        inp: BatchDeliverInput,
+        channel: Channel,
+        result: BatchDeliverResult,
+        sends: list[tuple[str, str, Message]],
+    ) -> None:
+        """Who is sent to, skipped, deferred or failed; records all but the sends."""
         skips: list[tuple[str, str]] = []
         broken: list[tuple[str, str]] = []
         links = []
@@ -95,17 +121,6 @@ class BatchDelivery:
                 transition(session, delivery_id, DeliveryStatus.FAILED, detail=why, attempts=1)
             save_links(session, links)
         result.skipped, result.failed = len(skips), len(broken)
-        activity.heartbeat("decided")
-        pacer = self.single.pacers.get(channel)
-        # Sent and recorded a chunk at a time, heartbeating in between: a worker killed
-        # mid-batch repeats at most one chunk, and a paced channel still heartbeats.
-        size = getattr(adapter, "max_batch", CHUNK)
-        if pacer is not None:
-            size = max(1, min(size, int(10 / pacer.interval)))  # ~10 s of sends
-        for start in range(0, len(sends), size):
-            self._send_chunk(inp, channel, adapter, sends[start : start + size], result)
-            activity.heartbeat(start + size)
-        return result
 
     def _send_chunk(
         self,

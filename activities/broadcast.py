@@ -11,6 +11,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.defn import uninterrupted
 from core.audience import Audience
 from core.flows import FlowDefinition
 from core.preferences import next_local
@@ -94,7 +95,7 @@ class BroadcastActivities:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @activity.defn(name="enroll_batch")
+    @uninterrupted("enroll_batch")
     def enroll_batch(self, inp: EnrollInput) -> EnrollResult:
         """One page of the audience: filtered, opt-outs dropped, notifications stored."""
         with session_scope(self.engine) as session:
@@ -135,7 +136,7 @@ class BroadcastActivities:
             opted_out=len(page.opted_out),
         )
 
-    @activity.defn(name="open_broadcast")
+    @uninterrupted("open_broadcast")
     def open_broadcast(self, inp: OpenInput) -> OpenResult:
         """Store the run's broadcast, keyed by its workflow id (a retry finds the same one)."""
         workflow_id = activity.info().workflow_id
@@ -163,7 +164,7 @@ class BroadcastActivities:
             # The flow or topic was deleted since the schedule was made: say so, once.
             raise ApplicationError(f"cannot open the broadcast: {exc}", non_retryable=True) from exc
 
-    @activity.defn(name="broadcast_timezones")
+    @uninterrupted("broadcast_timezones")
     def broadcast_timezones(self, inp: ZonesInput) -> list[ZoneFire]:
         """Every timezone of the audience with its next HH:MM, soonest first: a timer each."""
         with session_scope(self.engine) as session:
@@ -173,12 +174,12 @@ class BroadcastActivities:
         fires = [ZoneFire(timezone=z, at=next_local(inp.local_time, inp.base, z)) for z in zones]
         return sorted(fires, key=lambda f: (f.at, f.timezone))
 
-    @activity.defn(name="set_broadcast_status")
+    @uninterrupted("set_broadcast_status")
     def set_broadcast_status(self, inp: StatusInput) -> None:
         with session_scope(self.engine) as session:
             set_status(session, inp.broadcast_id, inp.status)
 
-    @activity.defn(name="finish_broadcast")
+    @uninterrupted("finish_broadcast")
     def finish_broadcast(self, inp: FinishInput) -> int:
         """Completed or cancelled; a cancellation stops what has not been sent yet."""
         with session_scope(self.engine) as session:

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.defn import uninterrupted
 from activities.pacing import Pacer
 from activities.policies import (
     ORPHANED,
@@ -171,7 +172,7 @@ class DeliveryActivities:
                 content=dataclasses.asdict(message.content),
             )
 
-    @activity.defn(name="deliver")
+    @uninterrupted("deliver")
     def deliver(self, inp: DeliverInput) -> DeliverResult:
         try:
             result = self._deliver(inp)
@@ -344,7 +345,7 @@ class DeliveryActivities:
             d.template_error = exc
         return d
 
-    @activity.defn(name="record_failure")
+    @uninterrupted("record_failure")
     def record_failure(self, inp: RecordFailureInput) -> DeliverResult:
         """Mark a delivery failed once Temporal has given up on it (attempts or deadline)."""
         try:
@@ -355,7 +356,7 @@ class DeliveryActivities:
         except DeliveryGone as exc:
             raise orphaned(str(exc)) from exc
 
-    @activity.defn(name="reopen_delivery")
+    @uninterrupted("reopen_delivery")
     def reopen_delivery(self, inp: ReopenInput) -> bool:
         """Failed → pending, so the next attempt may send; False if it was not failed."""
         with session_scope(self.engine) as session:

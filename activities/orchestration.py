@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import col
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.defn import uninterrupted
 from activities.delivery import DeliverResult, orphaned, result_of
 from core.flows import DelayStep
 from core.preferences import next_local
@@ -50,7 +50,7 @@ class FlowActivities:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @activity.defn(name="resolve_delay")
+    @uninterrupted("resolve_delay")
     def resolve_delay(self, inp: ResolveDelayInput) -> ResolvedDelay:
         """Turn ``until`` (a template) or ``until_local`` (HH:MM) into a UTC instant."""
         step = inp.step
@@ -79,7 +79,7 @@ class FlowActivities:
             return ResolvedDelay(until=at, summary=f"delay until {at:%Y-%m-%d %H:%M} UTC")
         raise ApplicationError("a delay with a duration needs no resolving", non_retryable=True)
 
-    @activity.defn(name="stop_notification")
+    @uninterrupted("stop_notification")
     def stop_notification(self, inp: StopInput) -> list[DeliverResult]:
         """Skip what has not run, keep what has; returns the skipped deliveries."""
         with session_scope(self.engine) as session:
@@ -87,7 +87,7 @@ class FlowActivities:
             stop_notifications(session, inp.reason, col(Notification.id) == inp.notification_id)
             return [result_of(d) for d in skip_unfinished(session, inp.notification_id, inp.reason)]
 
-    @activity.defn(name="claim_digest")
+    @uninterrupted("claim_digest")
     def claim_digest(self, inp: ClaimDigestInput) -> list[str]:
         with session_scope(self.engine) as session:
             return claim_for_digest(session, inp.notification_ids, inp.claim_id)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
+from activities.defn import uninterrupted
 from store.db import session_scope
 from store.retention import Cutoff, Phase, purge
 
@@ -57,7 +58,7 @@ class RetentionActivities:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @activity.defn(name="purge_batch")
+    @uninterrupted("purge_batch")
     def purge_batch(self, inp: PurgeInput) -> PurgeResult:
         """One transaction; repeating it after a lost completion deletes what is left."""
         cutoff = Cutoff(before=inp.before, failed_before=inp.failed_before)

@@ -348,6 +348,12 @@ class FakeProvider:
         with self._state.lock:
             self._state.faults.clear()
 
+    def faults_left(self, kind: str) -> int:
+        """Faults of ``kind`` no request has taken yet (one is taken as its request arrives,
+        before a ``delay``): 0 tells that a delayed request is in flight."""
+        with self._state.lock:
+            return len(self._state.faults.get(kind, []))
+
     def reset(self) -> None:
         """Forget all records and faults."""
         with self._state.lock:
