@@ -10,8 +10,9 @@ from core.flows import FlowDefinition
 from core.settings import Settings
 from core.types import Channel
 from dispatching.outbox import notification_queue
-from tests.conftest import HeraldFactory, unique
-from tests.fakes.provider import FakeProvider, sendgrid_error_body
+from tests.conftest import HeraldFactory
+from tests.fakes.provider import FakeProvider
+from tests.workflows.test_notification import bounce_bad, ok_and_bad
 
 EMAIL = {"channel": "email", "subject": "Hi", "text": "Hello"}
 SMS = {"channel": "sms", "text": "Hello"}
@@ -52,12 +53,8 @@ async def test_the_channel_worker_alone_sends_and_records_a_failure(
     """With only the email queue served, an email-only notification is sent, and a refused
     one is recorded failed (its record_failure runs next to the workflow, on that worker)."""
     herald = await herald_factory(queues=["email"])
-    ok, bad = unique("u"), unique("u")
-    await herald.put_subscriber(ok, email="ok@example.com")
-    await herald.put_subscriber(bad, email="bad@example.com")
-    await herald.put_flow("welcome", event_type="user.signup", steps=[EMAIL])
-    body = sendgrid_error_body("bounced")
-    fresh_provider.fail("sendgrid", 400, body=body, when="bad@example.com")
+    ok, bad = await ok_and_bad(herald)
+    bounce_bad(fresh_provider)
 
     accepted = await herald.publish(type="user.signup", to=[ok, bad])
     event = await herald.wait_event(accepted["id"])

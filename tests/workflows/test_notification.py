@@ -29,16 +29,26 @@ async def visible(client: Client, query: str, expected: int, within: float = 15.
     raise AssertionError(f"{query!r}: expected {expected} workflows, saw {ids}")
 
 
-async def test_workflows_are_filterable_by_subscriber_and_status(
-    herald: Herald, fresh_provider: FakeProvider
-) -> None:
+async def ok_and_bad(herald: Herald) -> tuple[str, str]:
+    """Two subscribers of the one-email flow `welcome` (user.signup); ``bounce_bad`` makes
+    the next mail to the second one bounce."""
     ok, bad = unique("u"), unique("u")
     await herald.put_subscriber(ok, email="ok@example.com")
     await herald.put_subscriber(bad, email="bad@example.com")
     await herald.put_flow("welcome", event_type="user.signup", steps=[EMAIL_STEP])
-    fresh_provider.fail(
-        "sendgrid", 400, body=sendgrid_error_body("bad@example.com bounced"), when="bad@example.com"
-    )
+    return ok, bad
+
+
+def bounce_bad(provider: FakeProvider) -> None:
+    body = sendgrid_error_body("bad@example.com bounced")
+    provider.fail("sendgrid", 400, body=body, when="bad@example.com")
+
+
+async def test_workflows_are_filterable_by_subscriber_and_status(
+    herald: Herald, fresh_provider: FakeProvider
+) -> None:
+    ok, bad = await ok_and_bad(herald)
+    bounce_bad(fresh_provider)
     accepted = await herald.publish(type="user.signup", to=[ok, bad])
     await herald.wait_event(accepted["id"])
 

@@ -11,9 +11,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from core.settings import Settings
 from core.types import Channel
-from tests.conftest import HeraldFactory, make_settings, unique
-from tests.fakes.provider import FakeProvider, sendgrid_error_body
-from tests.workflows.test_notification import EMAIL_STEP, visible
+from tests.conftest import HeraldFactory, make_settings
+from tests.fakes.provider import FakeProvider
+from tests.workflows.test_notification import bounce_bad, ok_and_bad, visible
 from workflows import notification
 from workflows.runtime import ALL_QUEUES, build_workers, cache_workflow_bytecode, parse_queues
 
@@ -76,13 +76,9 @@ async def test_without_the_sandbox_notifications_send_fail_and_are_filterable(
 ) -> None:
     """Production's runner: the suite's other tests run every workflow in the sandbox."""
     herald = await herald_factory(workflow_sandbox=False)
-    ok, bad = unique("u"), unique("u")
-    await herald.put_subscriber(ok, email="ok@example.com")
-    await herald.put_subscriber(bad, email="bad@example.com")
-    await herald.put_flow("welcome", event_type="user.signup", steps=[EMAIL_STEP])
+    ok, bad = await ok_and_bad(herald)
     for _ in range(2):  # a second execution in the same process: no state carried over
-        body = sendgrid_error_body("bad@example.com bounced")
-        fresh_provider.fail("sendgrid", 400, body=body, when="bad@example.com")
+        bounce_bad(fresh_provider)
         accepted = await herald.publish(type="user.signup", to=[ok, bad])
         event = await herald.wait_event(accepted["id"])
         status = {n["subscriber_id"]: n["status"] for n in event["notifications"]}
