@@ -35,8 +35,8 @@ async def test_a_send_in_flight_when_its_worker_stops_is_recorded_not_cut_short(
         while fresh_provider.faults_left("sendgrid"):  # until the send is in flight
             assert asyncio.get_running_loop().time() < deadline, "the send never started"
             await asyncio.sleep(0.02)
+    finally:  # also when the send never started, or the worker would run on
         await worker.shutdown()
-    finally:
         await running
         executor.shutdown(wait=True)
 
