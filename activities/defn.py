@@ -15,8 +15,8 @@ def uninterrupted(name: str) -> Callable[[F], F]:
 
     On cancellation (a worker's shutdown, at every deploy) the SDK otherwise raises
     CancelledError into the activity's thread wherever it happens to be: after the
-    provider accepted a send but before it was recorded (sent again on retry), or between
-    taking SQLite's write lock and noting it (never released: the process's next writer
-    waited forever, and a test's teardown hung on it).
+    provider accepted a send but before it was recorded (sent again on retry; tested), or
+    between taking SQLite's write lock and noting it, which would hold the lock for good
+    (the likely cause of a test teardown that hung waiting for it).
     """
     return activity.defn(name=name, no_thread_cancel_exception=True)
