@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -212,6 +213,35 @@ async def test_last_used_is_written_at_most_once_a_minute(api_factory: Any) -> N
         assert await api.status_with(created["key"]) == 200
         later = await last_used()
         assert later is not None and later > first and writes() == 2
+
+
+async def test_a_cached_key_is_answered_on_the_event_loop(
+    api_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a lookup or a last-used write goes to the thread pool: under a burst, a hop per
+    request kept the group commit from gathering (make bench, burst)."""
+    api = await api_factory(admin_key=ADMIN_KEY)
+    created = await create(api, unique("acme"))
+    auth = api.app.state.key_auth
+    loop_thread = threading.get_ident()
+    slow: list[int] = []
+    lookup = auth.tenant_for
+
+    def counted(key: str) -> str | None:
+        slow.append(threading.get_ident())
+        return lookup(key)
+
+    monkeypatch.setattr(auth, "tenant_for", counted)
+    for _ in range(5):
+        assert await api.status_with(created["key"]) == 200
+    assert len(slow) == 1 and slow[0] != loop_thread  # the first request looked it up
+
+    api.clock.now += KEY_CACHE_SECONDS  # expired: looked up again, once
+    for _ in range(3):
+        assert await api.status_with(created["key"]) == 200
+    api.clock.now += 60  # expired, and last_used_at is due: one more trip
+    assert await api.status_with(created["key"]) == 200
+    assert len(slow) == 3
 
 
 async def test_a_revoke_elsewhere_ends_the_key_within_the_cache_bound(
