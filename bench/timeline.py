@@ -183,13 +183,11 @@ async def _herald_item(bench: Bench, type_: str, expected: int) -> Item:
     seq = next(bench.seq)
     done = bench.deliveries.wait(seq, expected)
     sent = time.time()
-    r = await bench.http.post(
-        "/v1/events", json={"type": type_, "to": ["bench-user"], "data": {"seq": seq}}
-    )
+    status, answer = await bench.post_event(type_, seq)
     answered = time.time()
-    if r.status_code != 202:
-        raise RuntimeError(f"API answered {r.status_code}: {r.text}")
-    wf = r.json()["notifications"][0]["workflow_id"]
+    if status != 202:
+        raise RuntimeError(f"API answered {status}: {answer}")
+    wf = answer["notifications"][0]["workflow_id"]
     return Item(wf, sent, answered, await asyncio.wait_for(done, 120))
 
 
