@@ -41,6 +41,13 @@ class _Checked:
     expires: float
     last_used: float | None  # clock time of the last_used_at this process knows of
 
+    def fresh(self, now: float) -> bool:
+        return self.expires > now
+
+    def touch_due(self, now: float) -> bool:
+        """last_used_at is written at most every LAST_USED_EVERY, per process."""
+        return self.last_used is None or now - self.last_used >= LAST_USED_EVERY.total_seconds()
+
 
 class KeyAuthenticator:
     """Bearer key to tenant, with a short cache; the admin routes evict revoked keys."""
@@ -59,9 +66,7 @@ class KeyAuthenticator:
         """
         checked = self._cache.get(hash_key(key))
         now = self.clock()
-        if checked is None or checked.expires <= now or checked.last_used is None:
-            return None
-        if now - checked.last_used >= LAST_USED_EVERY.total_seconds():
+        if checked is None or not checked.fresh(now) or checked.touch_due(now):
             return None
         return checked.tenant
 
@@ -69,7 +74,7 @@ class KeyAuthenticator:
         digest = hash_key(key)
         now = self.clock()
         checked = self._cache.get(digest)
-        if checked is None or checked.expires <= now:
+        if checked is None or not checked.fresh(now):
             with read_scope(self.engine) as session:
                 found = active_key(session, key)
             with self._lock:
@@ -89,9 +94,8 @@ class KeyAuthenticator:
                 self._cache.pop(digest, None)
 
     def _touch(self, checked: _Checked, now: float) -> None:
-        every = LAST_USED_EVERY.total_seconds()
         with self._lock:
-            if checked.last_used is not None and now - checked.last_used < every:
+            if not checked.touch_due(now):
                 return
             checked.last_used = now
         try:
