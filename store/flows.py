@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from store.db import dialect_insert, table
@@ -47,12 +48,22 @@ def _set_exits(session: Session, tenant_id: str, key: str, event_types: list[str
     )
 
 
+# Both read for every accepted event (or group commit), so they are built once, not per
+# call; see store.subscribers._EXISTING.
+_EXITS = table(FlowExit)
+_EXITING = sa_select(_EXITS.c.flow_key).where(
+    _EXITS.c.tenant_id == bindparam("tenant"), _EXITS.c.event_type == bindparam("type")
+)
+_FOR_EVENT = (
+    select(Flow)
+    .where(col(Flow.tenant_id) == bindparam("tenant"), col(Flow.event_type) == bindparam("type"))
+    .order_by(col(Flow.key))
+)
+
+
 def exiting_flows(session: Session, tenant_id: str, event_type: str) -> list[str]:
     """Keys of the flows whose running notifications this event type ends."""
-    stmt = select(FlowExit.flow_key).where(
-        FlowExit.tenant_id == tenant_id, FlowExit.event_type == event_type
-    )
-    return list(session.exec(stmt).all())
+    return list(session.execute(_EXITING, {"tenant": tenant_id, "type": event_type}).scalars())
 
 
 def list_flows(session: Session, tenant_id: str) -> list[Flow]:
@@ -70,9 +81,4 @@ def delete_flow(session: Session, tenant_id: str, key: str) -> bool:
 
 
 def flows_for_event(session: Session, tenant_id: str, event_type: str) -> list[Flow]:
-    stmt = (
-        select(Flow)
-        .where(Flow.tenant_id == tenant_id, Flow.event_type == event_type)
-        .order_by(col(Flow.key))
-    )
-    return list(session.exec(stmt).all())
+    return list(session.exec(_FOR_EVENT, params={"tenant": tenant_id, "type": event_type}).all())
