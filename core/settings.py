@@ -146,6 +146,11 @@ class Settings(
     broadcast_batches_in_flight: int = Field(default=2, ge=1, le=8)
     # How often the API re-dispatches events a crash or an outage left behind; 0 turns it off.
     dispatch_sweep_seconds: float = Field(default=5.0, ge=0)
+    # Under a burst (this many POST /v1/events in flight; 0: never) the API's workflow starts
+    # wait, at most dispatch_max_hold_seconds, so accepts keep the CPU (dispatching/give_way.py).
+    # At most 10 s: the sweep's grace, after which a held event would be queued twice.
+    dispatch_give_way_at: int = Field(default=8, ge=0)
+    dispatch_max_hold_seconds: float = Field(default=5.0, ge=0, le=10)
 
     # Event ingestion from a broker (``python -m ingest``): amqp://… (RabbitMQ) or nats://…
     # (NATS JetStream); unset turns it off.

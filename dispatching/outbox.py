@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -35,6 +36,7 @@ from core.settings import Settings
 from core.telemetry import attached, current_context, log_ids
 from core.templates import TemplateError, render
 from core.types import Channel, digest_workflow_id
+from dispatching.give_way import GiveWay
 from dispatching.temporal import TemporalGateway, TemporalUnavailableError, signal_open
 from store.events import (
     AcceptedEvent,
@@ -258,20 +260,22 @@ class Dispatcher:
         self.settings = settings
         # Each event travels with the trace context it was accepted in, so its workflow
         # starts join the request's trace (nothing is traced without HERALD_OTEL_ENDPOINT).
-        self.queue: asyncio.Queue[tuple[AcceptedEvent, Context]] = asyncio.Queue(max_queue)
+        self.queue: asyncio.Queue[tuple[AcceptedEvent, Context, float]] = asyncio.Queue(max_queue)
         OUTBOX_QUEUED.set_function(self.queue.qsize)
         self.concurrency = concurrency
         self.sweep_every = settings.dispatch_sweep_seconds
         self.sweep_grace = sweep_grace
         # None sweeps every tenant (the API); the broker consumer sweeps the tenants it serves.
         self.tenants = None if tenants is None else frozenset(tenants)
+        # The API counts its accepts in here (``accepting``); nothing else does.
+        self.give_way = GiveWay(settings.dispatch_give_way_at, settings.dispatch_max_hold_seconds)
         self._done: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def submit(self, accepted: AcceptedEvent) -> bool:
         """Queue without waiting; False means the sweep will pick the event up later."""
         try:
-            self.queue.put_nowait((accepted, current_context()))
+            self.queue.put_nowait((accepted, current_context(), time.monotonic()))
             return True
         except asyncio.QueueFull:
             log.warning("dispatch queue full; event %s left for the sweep", accepted.event.id)
@@ -297,8 +301,9 @@ class Dispatcher:
 
     async def _drain(self) -> None:
         while True:
-            accepted, trace_context = await self.queue.get()
+            accepted, trace_context, queued_at = await self.queue.get()
             try:
+                await self.give_way.wait(queued_at)
                 with attached(trace_context), log_ids(tenant_id=accepted.event.tenant_id):
                     await dispatch(self.gateway, self.settings, accepted)
                 OUTBOX_LAG.observe((utcnow() - accepted.event.received_at).total_seconds())

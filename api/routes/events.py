@@ -85,20 +85,21 @@ async def publish_event(
     recipients = q.recipient_specs(body)
     try:
         # Concurrent requests share a transaction: under a burst, one commit for many.
-        accepted = await commits.accept(
-            tenant,
-            AcceptRequest(
-                type=body.type,
-                data=body.data,
-                actor=body.actor,
-                recipients=recipients,
-                idempotency_key=key,
-                cancellation_key=body.cancellation_key,
-                request_fingerprint=q.fingerprint(
-                    body.model_dump(mode="json", exclude={"idempotency_key"})
+        with dispatcher.give_way.accepting():
+            accepted = await commits.accept(
+                tenant,
+                AcceptRequest(
+                    type=body.type,
+                    data=body.data,
+                    actor=body.actor,
+                    recipients=recipients,
+                    idempotency_key=key,
+                    cancellation_key=body.cancellation_key,
+                    request_fingerprint=q.fingerprint(
+                        body.model_dump(mode="json", exclude={"idempotency_key"})
+                    ),
                 ),
-            ),
-        )
+            )
     except q.UnknownSubscribersError as exc:
         index: dict[str, int] = {}
         for i, item in enumerate(body.to):  # positions in the request, duplicates included
