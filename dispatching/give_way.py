@@ -16,10 +16,12 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-# A burst is over once fewer than ``at`` accepts were in flight for this long. The count
-# dips for a moment whenever a group commit answers its batch at once; each dip let starts
-# through, and each start's workflow costs Temporal and the worker tens of ms of CPU.
+# A burst is over once fewer than ``at`` accepts were in flight for QUIET, or none for IDLE.
+# The count dips for a moment whenever a group commit answers its batch at once; each dip
+# let starts through, and each start's workflow costs Temporal and the worker tens of ms of
+# CPU. None in flight ends a spike of clients that posted at once and now wait.
 QUIET = 0.1
+IDLE = 0.01
 
 
 class GiveWay:
@@ -43,8 +45,17 @@ class GiveWay:
             yield
         finally:
             self.in_flight -= 1
-            if self.in_flight < self.at and not self._calm.is_set() and self._settling is None:
-                self._settling = asyncio.get_running_loop().call_later(QUIET, self._settle)
+            if self.in_flight < self.at and not self._calm.is_set():
+                self._settle_after(IDLE if self.in_flight == 0 else QUIET)
+
+    def _settle_after(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self._settling is not None:
+            if self._settling.when() <= when:
+                return
+            self._settling.cancel()
+        self._settling = loop.call_at(when, self._settle)
 
     def _settle(self) -> None:
         self._settling = None

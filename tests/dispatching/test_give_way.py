@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
 from dispatching import give_way
@@ -51,6 +52,18 @@ async def test_a_momentary_dip_does_not_end_the_burst() -> None:
         await asyncio.sleep(give_way.QUIET * 1.5)
         assert await waits(gate)
     first.__exit__(None, None, None)
+
+
+async def test_nothing_in_flight_ends_the_burst_sooner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(give_way, "QUIET", 60)
+    gate = GiveWay(at=2, max_hold=120)
+    first = gate.accepting()
+    first.__enter__()
+    with gate.accepting():
+        pass
+    assert await waits(gate)  # one still in flight: QUIET applies
+    first.__exit__(None, None, None)
+    await asyncio.wait_for(gate.wait(time.monotonic()), 2)  # none: IDLE
 
 
 async def test_the_hold_is_bounded_from_when_the_event_was_queued() -> None:
