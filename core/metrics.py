@@ -47,6 +47,11 @@ OUTBOX_LAG = Histogram(
     "From an event's acceptance to its workflows being started",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
 )
+OUTBOX_HELD = Histogram(
+    "herald_outbox_held_seconds",
+    "Time a workflow start gave way to a burst of accepts (HERALD_DISPATCH_GIVE_WAY_AT)",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10),
+)
 OUTBOX_QUEUED = Gauge("herald_outbox_queued", "Accepted events waiting to be handed to Temporal")
 DEAD_LETTERS = Gauge(
     "herald_dead_letters_waiting",

@@ -4,9 +4,9 @@ A start costs the API about as much CPU as an accept, and what it starts takes T
 and the worker's CPU, on cores the API may share. Under a burst the accepts then queue
 behind both. A start waits while ``at`` or more accepts are in flight, for at most
 ``max_hold`` after it was queued, so a short burst is accepted at the speed the API has
-alone. A burst longer than ``max_hold`` gets the contention back after it; the last
-delivery comes no later, since Temporal, not the API, sets the pace of delivery (see
-BENCHMARKS.md).
+alone. A burst longer than ``max_hold`` gets the contention back after it. In the bench's
+bursts only the first delivery came later: Temporal, not the API, sets the pace of
+delivery (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+
+from core.metrics import OUTBOX_HELD
 
 # A burst is over once fewer than ``at`` accepts were in flight for QUIET, or none for IDLE.
 # The count dips for a moment whenever a group commit answers its batch at once; each dip
@@ -65,7 +67,9 @@ class GiveWay:
         """Until the burst is over, or ``max_hold`` after ``queued_at`` (``time.monotonic()``)."""
         if self._calm.is_set():
             return
-        remaining = queued_at + self.max_hold - time.monotonic()
+        began = time.monotonic()
+        remaining = queued_at + self.max_hold - began
         if remaining > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._calm.wait(), remaining)
+            OUTBOX_HELD.observe(time.monotonic() - began)

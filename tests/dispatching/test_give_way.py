@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 from temporalio.service import RPCError, RPCStatusCode
 
 from dispatching import give_way
@@ -91,6 +92,11 @@ async def workflow_exists(herald: Herald, workflow_id: str) -> bool:
     return True
 
 
+def held_seconds() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("herald_outbox_held_seconds_count") or 0.0
+    return count, REGISTRY.get_sample_value("herald_outbox_held_seconds_sum") or 0.0
+
+
 @contextlib.asynccontextmanager
 async def one_event(
     herald: Herald, max_hold: float
@@ -113,6 +119,7 @@ async def one_event(
 async def test_the_dispatcher_starts_once_the_burst_is_over(
     herald: Herald, fresh_provider: FakeProvider
 ) -> None:
+    held = held_seconds()
     async with one_event(herald, max_hold=60) as (dispatcher, accepted):
         with dispatcher.give_way.accepting():
             dispatcher.submit(accepted)
@@ -121,6 +128,9 @@ async def test_the_dispatcher_starts_once_the_burst_is_over(
             assert not await workflow_exists(herald, workflow_id)
         event = await herald.wait_event(accepted.event.id)
     assert event["notifications"][0]["status"] == "sent"
+    count, total = held_seconds()
+    assert count == held[0] + 1  # /metrics shows operators the starts that waited
+    assert total - held[1] >= 0.9
 
 
 async def test_a_start_waits_no_longer_than_the_hold(
