@@ -18,10 +18,11 @@ from collections.abc import Iterator
 
 from core.metrics import OUTBOX_HELD
 
-# A burst is over once fewer than ``at`` accepts were in flight for QUIET, or none for IDLE.
-# The count dips for a moment whenever a group commit answers its batch at once; each dip
-# let starts through, and each start's workflow costs Temporal and the worker tens of ms of
-# CPU. None in flight ends a spike of clients that posted at once and now wait.
+# A burst is over once fewer than ``at`` accepts were in flight for QUIET, or IDLE after the
+# count reached none (unless ``at`` were in flight again by then). The count dips for a
+# moment whenever a group commit answers its batch at once; each dip let starts through,
+# and each start's workflow costs Temporal and the worker tens of ms of CPU. None in flight
+# ends a spike of clients that posted at once and now wait.
 QUIET = 0.1
 IDLE = 0.01
 

@@ -40,7 +40,7 @@ async def test_a_start_waits_only_while_a_burst_is_in_flight() -> None:
         with gate.accepting():
             assert await waits(gate)
     task = asyncio.create_task(gate.wait(time.monotonic()))
-    await asyncio.wait_for(task, 2)  # over: goes once the count stayed low for QUIET
+    await asyncio.wait_for(task, 2)  # over: none in flight, so after IDLE
 
 
 async def test_a_momentary_dip_does_not_end_the_burst() -> None:
